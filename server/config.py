@@ -1,0 +1,68 @@
+"""One settings object for the coordinator and its workers (``FLAAS_*`` environment variables)."""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_OPERATOR_KEY = "flaas-dev-operator-key"
+
+
+class Settings(BaseSettings):
+    """Coordinator configuration.
+
+    Every field can be set as ``FLAAS_<NAME>`` (e.g. ``FLAAS_DATABASE_URL``). Lists take
+    JSON or a comma-separated string (``FLAAS_OPERATOR_KEYS=key1,key2``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLAAS_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./flaas-data/flaas.db"
+    storage_url: str = "file://./flaas-data/adapters"
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://...). None runs aggregation inside the coordinator.",
+    )
+    operator_keys: list[str] = Field(default_factory=lambda: [DEVELOPMENT_OPERATOR_KEY])
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL clients use to reach this coordinator (adapter links).",
+    )
+
+    # Limits: every resource has one.
+    max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
+    max_header_bytes: int = Field(default=1024**2, ge=1024)
+    max_metrics_bytes: int = Field(default=4096, ge=64)
+    max_clients_per_job: int = Field(default=10_000, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+    scheduler_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _refuse_default_key_outside_development(self) -> Settings:
+        if not self.operator_keys or any(not k for k in self.operator_keys):
+            raise ValueError("FLAAS_OPERATOR_KEYS must hold at least one non-empty key")
+        if DEVELOPMENT_OPERATOR_KEY in self.operator_keys:
+            if self.environment != "development":
+                raise ValueError(
+                    "the development operator key is refused outside development: "
+                    "set FLAAS_OPERATOR_KEYS to your own secret(s)"
+                )
+            warnings.warn(
+                "using the development operator key; set FLAAS_OPERATOR_KEYS before exposing "
+                "this coordinator",
+                stacklevel=2,
+            )
+        if any(len(k) < 16 for k in self.operator_keys) and self.environment != "development":
+            raise ValueError("operator keys must be at least 16 characters outside development")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
