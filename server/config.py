@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_OPERATOR_KEY = "flaas-dev-operator-key"
 
@@ -28,7 +29,9 @@ class Settings(BaseSettings):
         default=None,
         description="Celery broker (redis://...). None runs aggregation inside the coordinator.",
     )
-    operator_keys: list[str] = Field(default_factory=lambda: [DEVELOPMENT_OPERATOR_KEY])
+    operator_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEVELOPMENT_OPERATOR_KEY]
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Base URL clients use to reach this coordinator (adapter links).",
@@ -41,6 +44,16 @@ class Settings(BaseSettings):
     max_clients_per_job: int = Field(default=10_000, ge=1)
     max_page_size: int = Field(default=500, ge=1)
     scheduler_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("operator_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_key_outside_development(self) -> Settings:

@@ -24,7 +24,7 @@ class InvalidRequest(DomainError):
 
 
 class Conflict(DomainError):
-    """The request contradicts the current state (duplicate update, round not open to this client)."""
+    """The request contradicts the current state (a duplicate update, an unsampled client)."""
 
 
 class Gone(DomainError):

@@ -1,0 +1,1 @@
+"""flaas client SDK: talks to a coordinator and trains LoRA adapters on the device."""

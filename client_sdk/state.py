@@ -1,0 +1,209 @@
+"""On-device state of one client in one job, surviving process restarts.
+
+Layout of a state directory (one per coordinator + job, see :meth:`DeviceState.for_job`)::
+
+    credentials.json   client id + token (0600)
+    progress.json      last round whose upload the coordinator accepted, and its sha256
+    pending.safetensors / pending.json   an update trained but not yet accepted
+    private.safetensors                  tensors that never leave the device (FedSA's B, head)
+
+Every file is written to a temporary file in the same directory, fsynced and renamed over the
+old one, so a crash leaves either the old or the new version, never a torn file. Importing this
+module does not import torch (the thin client stores credentials without it).
+
+Crash-safe order for one round: ``save_pending(round, update)``, then ``save_private(...)``,
+then upload, then ``record_accepted(round, sha)`` (which clears the pending update). A client
+restarted after a crash re-sends the pending bytes (same sha) instead of training again, so
+private tensors are never trained twice for one round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+_CREDENTIALS = "credentials.json"
+_PROGRESS = "progress.json"
+_PENDING_META = "pending.json"
+_PENDING = "pending.safetensors"
+_PRIVATE = "private.safetensors"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The identity a coordinator issued to this client for one job."""
+
+    client_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class AcceptedUpload:
+    """The last round whose update the coordinator accepted."""
+
+    round: int
+    sha256: str
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename), with ``mode``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp already creates the file 0600; chmod anyway so `mode` is what we asked for.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # fsync the directory so the rename itself survives a power loss (POSIX only).
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:48] or "x"
+
+
+class DeviceState:
+    """Files kept on the device for one client in one job, in ``directory`` (created 0700)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @classmethod
+    def for_job(cls, root: str | os.PathLike[str], server_url: str, job_id: str) -> DeviceState:
+        """The state of ``job_id`` on ``server_url`` under ``root``, one directory per pair.
+
+        The directory name is readable (slug) plus a hash of the exact pair, so two servers
+        whose URLs slug identically never share state.
+        """
+        digest = hashlib.sha256(f"{server_url}\n{job_id}".encode()).hexdigest()[:16]
+        name = f"{_slug(server_url.split('://', 1)[-1])}__{_slug(str(job_id))}__{digest}"
+        return cls(Path(root) / name)
+
+    # ------------------------------------------------------------------ JSON helpers
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        path = self.directory / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"corrupt state file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"corrupt state file {path}: not a JSON object")
+        return data
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        _atomic_write(self.directory / name, json.dumps(data, sort_keys=True).encode())
+
+    # ------------------------------------------------------------------ credentials
+
+    def save_credentials(self, client_id: str, token: str) -> None:
+        """Store the client id and its secret token (file mode 0600)."""
+        self._write_json(_CREDENTIALS, {"client_id": str(client_id), "token": str(token)})
+
+    def load_credentials(self) -> Credentials | None:
+        """The stored credentials, or None before the client has joined."""
+        data = self._read_json(_CREDENTIALS)
+        if data is None:
+            return None
+        try:
+            return Credentials(client_id=str(data["client_id"]), token=str(data["token"]))
+        except KeyError as exc:
+            raise ValueError(f"corrupt credentials file: missing {exc}") from exc
+
+    # ------------------------------------------------------------------ progress
+
+    def record_accepted(self, round: int, sha256: str) -> None:
+        """Remember that the coordinator accepted this round's upload; clears the pending one."""
+        self._write_json(_PROGRESS, {"round": int(round), "sha256": str(sha256)})
+        self.clear_pending()
+
+    def last_accepted(self) -> AcceptedUpload | None:
+        """The last accepted round and sha256, or None if nothing was accepted yet."""
+        data = self._read_json(_PROGRESS)
+        if data is None:
+            return None
+        return AcceptedUpload(round=int(data["round"]), sha256=str(data["sha256"]))
+
+    def already_uploaded(self, round: int) -> bool:
+        """True when an upload for ``round`` (or a later round) was already accepted."""
+        last = self.last_accepted()
+        return last is not None and last.round >= round
+
+    def save_pending(self, round: int, update: bytes) -> str:
+        """Keep a trained, not yet accepted update for ``round``; returns its sha256."""
+        sha = hashlib.sha256(update).hexdigest()
+        # Bytes first, then the JSON that points at them: a crash in between leaves an orphan
+        # file that load_pending ignores because its sha does not match.
+        _atomic_write(self.directory / _PENDING, update)
+        self._write_json(_PENDING_META, {"round": int(round), "sha256": sha})
+        return sha
+
+    def load_pending(self) -> tuple[int, bytes] | None:
+        """``(round, update bytes)`` of the pending update, or None (also if it is torn)."""
+        meta = self._read_json(_PENDING_META)
+        if meta is None:
+            return None
+        try:
+            data = (self.directory / _PENDING).read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            return None
+        return int(meta["round"]), data
+
+    def clear_pending(self) -> None:
+        """Forget the pending update (after it was accepted, or when the round moved on)."""
+        for name in (_PENDING_META, _PENDING):
+            with contextlib.suppress(OSError):
+                (self.directory / name).unlink()
+
+    # ------------------------------------------------------------------ private tensors
+
+    def save_private(
+        self, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> None:
+        """Persist the device-only tensors (safetensors, atomic replace of the previous set)."""
+        from safetensors.torch import save
+
+        clean = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+        _atomic_write(self.directory / _PRIVATE, save(clean, metadata=metadata))
+
+    def load_private(self) -> dict[str, torch.Tensor] | None:
+        """The persisted private tensors (on the CPU), or None if none were saved."""
+        path = self.directory / _PRIVATE
+        if not path.exists():
+            return None
+        from safetensors.torch import load
+
+        return load(path.read_bytes())
+
+    def clear_private(self) -> None:
+        """Delete the private tensors (e.g. when the job's rank for this client changed)."""
+        with contextlib.suppress(OSError):
+            (self.directory / _PRIVATE).unlink()

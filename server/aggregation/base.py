@@ -1,0 +1,235 @@
+"""The strategy interface: what clients upload, keep and receive, and how updates combine.
+
+Conventions shared by every strategy:
+
+* The global adapter is stored *folded* (scale 1): A' = sqrt(s) A, B' = sqrt(s) B, so that
+  dW = B' A' whatever the client's scale s. ``distribute`` unfolds for the receiving client.
+  VeRA's shared vector enters dW linearly, so it is folded with s itself (lambda_d' = s lambda_d).
+* The global adapter has rank R (``r_max``). Client k contributes slices [0, r_k).
+* Weights are n_k (p_k = n_k / sum n); shared non-LoRA tensors get the plain weighted mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from server.aggregation.accumulator import Accumulator
+from server.aggregation.errors import AggregationError
+from server.aggregation.init import initial_tensors
+from server.aggregation.keys import SLICE_DIM, Kind, classify, key_for
+from server.aggregation.update import ClientUpdate
+from server.aggregation.validation import (
+    BatchChecker,
+    Inspected,
+    layout_from_previous,
+    previous_rank,
+)
+
+Tensors = dict[str, torch.Tensor]
+_EMPTY: Mapping[str, tuple[int, ...]] = {}
+
+
+class Strategy:
+    """Base class; subclasses set the class attributes and override the hooks they change."""
+
+    name: ClassVar[str]
+    use_rslora: ClassVar[bool] = False
+    adapter_type: ClassVar[Literal["lora", "vera"]] = "lora"
+    shares_extra: ClassVar[bool] = True
+    #: adapter tensor kinds uploaded and averaged
+    shared_kinds: ClassVar[tuple[Kind, ...]] = ("A", "B")
+    #: adapter tensor kinds that never leave the device
+    private_kinds: ClassVar[tuple[Kind, ...]] = ()
+    #: adapter tensor kinds a client receives from ``distribute``
+    received_kinds: ClassVar[tuple[Kind, ...]] = ("A", "B")
+    equal_ranks: ClassVar[bool] = False
+    #: option name -> allowed values (None: any)
+    option_values: ClassVar[dict[str, tuple[Any, ...] | None]] = {"uncovered": ("keep", "zero")}
+
+    def __init__(self, *, r_max: int | None = None, uncovered: str = "keep") -> None:
+        if r_max is not None and (
+            isinstance(r_max, bool) or not isinstance(r_max, int) or r_max < 1
+        ):
+            raise AggregationError(f"r_max must be a positive integer, got {r_max!r}")
+        self.r_max = r_max
+        #: what a slice no client has this round becomes: previous value ("keep") or 0 ("zero")
+        self.uncovered = uncovered
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(r_max={self.r_max!r}, uncovered={self.uncovered!r})"
+
+    # ------------------------------------------------------------------ contracts
+    def is_uploaded(self, kind: Kind) -> bool:
+        """Whether clients upload tensors of this kind."""
+        return kind in self.shared_kinds or (kind == "extra" and self.shares_extra)
+
+    def describe_upload(self) -> str:
+        """Human-readable list of uploaded kinds, for error messages."""
+        names = {"A": "lora_A", "B": "lora_B", "lambda_d": "vera_lambda_d"}
+        parts = [names[k] for k in self.shared_kinds]
+        return ", ".join(parts + (["shared non-LoRA tensors"] if self.shares_extra else []))
+
+    def upload_spec(
+        self,
+        modules: Mapping[str, tuple[int, int]],
+        rank: int,
+        extra: Mapping[str, tuple[int, ...]] = _EMPTY,
+    ) -> dict[str, tuple[int, ...]]:
+        """The exact key -> shape map a client of ``rank`` must upload."""
+        spec = self._spec(modules, self._check_rank(rank), self.shared_kinds)
+        if self.shares_extra:
+            spec.update({k: tuple(v) for k, v in extra.items()})
+        return spec
+
+    def private_spec(
+        self,
+        modules: Mapping[str, tuple[int, int]],
+        rank: int,
+        extra: Mapping[str, tuple[int, ...]] = _EMPTY,
+    ) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of what the client keeps on the device between rounds."""
+        spec = self._spec(modules, self._check_rank(rank), self.private_kinds)
+        if not self.shares_extra:
+            spec.update({k: tuple(v) for k, v in extra.items()})
+        return spec
+
+    def _spec(
+        self, modules: Mapping[str, tuple[int, int]], rank: int, kinds: Iterable[Kind]
+    ) -> dict[str, tuple[int, ...]]:
+        shapes: dict[Kind, Any] = {
+            "A": lambda d_in, d_out: (rank, d_in),
+            "B": lambda d_in, d_out: (d_out, rank),
+            "lambda_d": lambda d_in, d_out: (rank,),
+            "lambda_b": lambda d_in, d_out: (d_out,),
+        }
+        return {
+            key_for(m, kind): shapes[kind](int(d_in), int(d_out))
+            for m, (d_in, d_out) in modules.items()
+            for kind in kinds
+        }
+
+    def _check_rank(self, rank: int) -> int:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise AggregationError(f"rank must be a positive integer, got {rank!r}")
+        if self.r_max is not None and rank > self.r_max:
+            raise AggregationError(f"rank {rank} exceeds r_max={self.r_max}")
+        return rank
+
+    def initial_adapter(
+        self,
+        modules: Mapping[str, tuple[int, int]],
+        *,
+        rank: int,
+        seed: int,
+        extra: Mapping[str, tuple[int, ...]] = _EMPTY,
+    ) -> Tensors:
+        """The round-0 global adapter at rank ``rank`` (= R): full state, float32, seeded."""
+        kinds: tuple[Kind, ...] = (
+            ("lambda_d", "lambda_b") if self.adapter_type == "vera" else ("A", "B")
+        )
+        return initial_tensors(modules, kinds, rank=self._check_rank(rank), seed=seed, extra=extra)
+
+    # ------------------------------------------------------------------ aggregation
+    def validate(
+        self, updates: Sequence[ClientUpdate], previous: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Check a whole batch before aggregating; raise :class:`AggregationError` naming the
+        client and tensor (bad key/shape/dtype, missing pair, rank above r_max, NaN, ...)."""
+        if not updates:
+            raise AggregationError("no client updates to aggregate")
+        seen: dict[str, int] = {}
+        for i, update in enumerate(updates):
+            if not isinstance(update, ClientUpdate):
+                raise AggregationError(f"item {i} is a {type(update).__name__}, not a ClientUpdate")
+            if update.client_id is not None:
+                if update.client_id in seen:
+                    raise AggregationError("appears twice in the batch", client_id=update.client_id)
+                seen[update.client_id] = i
+        prev_r = previous_rank(self, previous) if previous else None
+        limit = self.r_max if self.r_max is not None else prev_r
+        layout = layout_from_previous(self, previous) if previous else None
+        checker = BatchChecker(self, layout, limit)
+        for update in updates:
+            checker.inspect(update)
+
+    def accumulator(self, previous: Mapping[str, torch.Tensor] | None = None) -> Accumulator:
+        """An empty streaming accumulator on top of ``previous`` (the current global adapter)."""
+        return Accumulator(self, previous, r_max=self.r_max)
+
+    def accumulator_from_state(
+        self,
+        state: Mapping[str, torch.Tensor],
+        previous: Mapping[str, torch.Tensor] | None = None,
+    ) -> Accumulator:
+        """Rebuild an accumulator from ``Accumulator.state()`` (e.g. loaded with safetensors)."""
+        acc = self.accumulator(previous)
+        acc.load_state(state)
+        return acc
+
+    def aggregate(
+        self,
+        updates: Sequence[ClientUpdate],
+        previous: Mapping[str, torch.Tensor] | None = None,
+    ) -> Tensors:
+        """One-shot convenience: validate the batch, fold every update, return the result."""
+        self.validate(updates, previous)
+        acc = self.accumulator(previous)
+        for update in updates:
+            acc.add(update)
+        return acc.result()
+
+    # ------------------------------------------------------------------ hooks
+    def fold_weights(self, update: ClientUpdate) -> dict[str, float] | None:
+        """Fold coefficient per weight class ("lora": A and B, "lambda_d", "extra"), or None
+        when coefficients differ per key (then :meth:`coefficients` is used)."""
+        n, s = float(update.num_samples), float(update.scale)
+        return {"lora": n * math.sqrt(s), "lambda_d": n * s, "extra": n}
+
+    def coefficients(
+        self, update: ClientUpdate, info: Inspected
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-key fold coefficient (weight x scale fold) and denominator increments."""
+        n, s = float(update.num_samples), float(update.scale)
+        fold = {"A": n * math.sqrt(s), "B": n * math.sqrt(s), "lambda_d": n * s, "extra": n}
+        return {key: fold[kind] for key, kind in info.kinds.items()}, {}
+
+    def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
+        """Per-slice denominator (R,) for a rank-bearing key; 0 marks an uncovered slice.
+
+        Default (RBLA rule): slice i is divided by the samples of the clients that have it.
+        """
+        return torch.tensor(acc.coverage(), dtype=torch.float32)
+
+    # ------------------------------------------------------------------ distribution
+    def distribute(
+        self, global_adapter: Mapping[str, torch.Tensor], rank: int, scale: float
+    ) -> Tensors:
+        """The tensors a client of ``rank`` and ``scale`` receives: its first ``rank`` slices of
+        the received kinds, unfolded to its scale, plus shared extras; contiguous float32."""
+        rank = self._check_rank(rank)
+        if not math.isfinite(scale) or scale <= 0:
+            raise AggregationError(f"scale must be a positive finite number, got {scale!r}")
+        global_r = previous_rank(self, global_adapter)
+        if global_r is not None and rank > global_r:
+            raise AggregationError(f"rank {rank} exceeds the global adapter's rank {global_r}")
+        unfold = {"A": math.sqrt(scale), "B": math.sqrt(scale), "lambda_d": scale}
+        out: Tensors = {}
+        for key, tensor in global_adapter.items():
+            kind, _ = classify(key)
+            if kind == "extra":
+                if self.shares_extra:
+                    out[key] = tensor.to(torch.float32, copy=True).contiguous()
+                continue
+            if kind not in self.received_kinds:
+                continue
+            dim = SLICE_DIM[kind]
+            part = tensor.narrow(dim, 0, rank) if dim is not None else tensor
+            out[key] = (part.to(torch.float32) / unfold[kind]).contiguous()
+        return out
+
+
+__all__ = ["Strategy", "Tensors"]

@@ -1,0 +1,44 @@
+"""FedSA-LoRA (Guo et al., ICLR 2025): share A, keep B (and the head) private.
+
+Heterogeneous ranks [decision]: rows of A are averaged with the RBLA per-slice rule. The server
+never receives B: an upload containing a lora_B is rejected, and ``distribute`` returns only A.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from server.aggregation.base import Strategy
+from server.aggregation.keys import Kind
+
+
+class FedSA(Strategy):
+    """FedSA-LoRA with the LoRA scale alpha / r."""
+
+    name: ClassVar[str] = "fedsa"
+    shares_extra: ClassVar[bool] = False
+    shared_kinds: ClassVar[tuple[Kind, ...]] = ("A",)
+    private_kinds: ClassVar[tuple[Kind, ...]] = ("B",)
+    received_kinds: ClassVar[tuple[Kind, ...]] = ("A",)
+
+
+class FedSARsLoRA(FedSA):
+    """FedSA-LoRA with rsLoRA's scale alpha / sqrt(r); the protocol is identical."""
+
+    name: ClassVar[str] = "fedsa-rslora"
+    use_rslora: ClassVar[bool] = True
+
+
+class FedSAVeRA(FedSA):
+    """FedSA on peft VeRA: lambda_d (length r) is shared and averaged, lambda_b stays local.
+
+    The frozen random projections are regenerated on the device from ``projection_prng_key``,
+    so nothing else travels. Note that peft draws them per rank, so heterogeneous VeRA ranks
+    share lambda_d slices that multiply different projections: prefer one rank per VeRA job.
+    """
+
+    name: ClassVar[str] = "fedsa-vera"
+    adapter_type: ClassVar[Literal["lora", "vera"]] = "vera"
+    shared_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_d",)
+    private_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_b",)
+    received_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_d",)

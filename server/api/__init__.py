@@ -1,0 +1,1 @@
+"""HTTP layer: routes translate HTTP to service calls and nothing else."""

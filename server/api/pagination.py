@@ -1,0 +1,30 @@
+"""Pagination parameters shared by every list route (``limit`` is capped by settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query
+
+from server.api.deps import RuntimeDep
+from server.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Pagination:
+    limit: int
+    offset: int
+
+
+def pagination(
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Page size")] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Pagination:
+    if limit > runtime.settings.max_page_size:
+        raise InvalidRequest(f"limit must be at most {runtime.settings.max_page_size}")
+    return Pagination(limit=limit, offset=offset)
+
+
+PageParams = Annotated[Pagination, Depends(pagination)]

@@ -1,0 +1,172 @@
+"""Round routes for clients: download the starting adapter, upload the trained update."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from server.api.deps import CurrentClient, RuntimeDep
+from server.db.models import Client, ClientUpdate
+from server.db.session import session_scope
+from server.errors import AdapterRejected, PayloadTooLarge
+from server.schemas.api import UpdateOut
+from server.services import adapters, uploads
+from server.services.adapter_format import validate_adapter
+from server.services.runtime import Runtime
+
+router = APIRouter(prefix="/api/v1/rounds", tags=["rounds"])
+
+CHUNK_WRITE_BYTES = 1 << 20
+
+
+@router.get(
+    "/{round_id}/adapter",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_adapter(
+    round_id: uuid.UUID, client: CurrentClient, runtime: RuntimeDep
+) -> StreamingResponse:
+    """The global adapter this round starts from, cut to the client's rank (safetensors)."""
+    with session_scope(runtime.sessions) as session:
+        key = adapters.client_adapter_key(session, runtime, client, round_id)
+    return StreamingResponse(
+        runtime.store.iter_chunks(key),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(runtime.store.size(key))},
+    )
+
+
+@router.put(
+    "/{round_id}/update",
+    status_code=201,
+    response_model=UpdateOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+    responses={200: {"model": UpdateOut, "description": "Identical retry of an accepted update"}},
+)
+async def upload_update(
+    round_id: uuid.UUID,
+    request: Request,
+    client: CurrentClient,
+    runtime: RuntimeDep,
+    flaas_num_samples: Annotated[str | None, Header()] = None,
+    flaas_metrics: Annotated[str | None, Header()] = None,
+    flaas_content_sha256: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Upload this client's update for the round: raw safetensors, streamed to storage.
+
+    See docs/upload-contract.md. 201 when accepted, 200 for an identical retry.
+    """
+    started = time.perf_counter()
+    settings = runtime.settings
+    n_samples = uploads.parse_n_samples(flaas_num_samples)
+    metrics = uploads.parse_metrics(flaas_metrics, settings.max_metrics_bytes)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the update is larger than the {settings.max_upload_bytes}-byte limit"
+        )
+    target = await run_in_threadpool(_prepare, runtime, client, round_id)
+    if target.accepted_sha256 is not None and target.accepted_sha256 == flaas_content_sha256:
+        return await run_in_threadpool(_retry_answer, runtime, target)
+    with runtime.store.staging_file() as staged:
+        sha256, size = await _receive(request, staged, settings.max_upload_bytes)
+        try:
+            await run_in_threadpool(
+                validate_adapter,
+                staged,
+                target.expected,
+                max_header_bytes=settings.max_header_bytes,
+            )
+        except (AdapterRejected, PayloadTooLarge) as exc:
+            await run_in_threadpool(_reject, runtime, target.update_id, exc.message)
+            raise
+        update, created = await run_in_threadpool(
+            _accept,
+            runtime,
+            target,
+            staged,
+            sha256,
+            size,
+            n_samples,
+            metrics,
+            time.perf_counter() - started,
+        )
+    body = UpdateOut.model_validate(update).model_dump(mode="json")
+    return JSONResponse(body, status_code=201 if created else 200)
+
+
+async def _receive(request: Request, path: Path, limit: int) -> tuple[str, int]:
+    """Stream the body to ``path`` with its SHA-256, refusing it past ``limit`` bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray()
+    with path.open("wb") as sink:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the update is larger than the {limit}-byte limit")
+            digest.update(chunk)
+            buffer += chunk
+            if len(buffer) >= CHUNK_WRITE_BYTES:
+                await run_in_threadpool(sink.write, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            sink.write(buffer)
+    return digest.hexdigest(), size
+
+
+def _prepare(runtime: Runtime, client: Client, round_id: uuid.UUID) -> uploads.UploadTarget:
+    with session_scope(runtime.sessions) as session:
+        return uploads.prepare_upload(session, client, round_id)
+
+
+def _retry_answer(runtime: Runtime, target: uploads.UploadTarget) -> JSONResponse:
+    with session_scope(runtime.sessions) as session:
+        update = uploads.get_update(session, target.update_id)
+        return JSONResponse(
+            UpdateOut.model_validate(update).model_dump(mode="json"), status_code=200
+        )
+
+
+def _reject(runtime: Runtime, update_id: uuid.UUID, reason: str) -> None:
+    with session_scope(runtime.sessions) as session:
+        uploads.record_rejection(session, update_id, reason)
+
+
+def _accept(
+    runtime: Runtime,
+    target: uploads.UploadTarget,
+    staged: Path,
+    sha256: str,
+    size: int,
+    n_samples: int,
+    metrics: dict[str, float],
+    upload_seconds: float,
+) -> tuple[ClientUpdate, bool]:
+    with session_scope(runtime.sessions) as session:
+        return uploads.accept_update(
+            session,
+            runtime,
+            target,
+            staged=staged,
+            sha256=sha256,
+            size_bytes=size,
+            n_samples=n_samples,
+            metrics=metrics,
+            upload_seconds=upload_seconds,
+        )

@@ -1,0 +1,163 @@
+"""The ``flaas`` command line.
+
+Imports are lazy on purpose: ``flaas client ...`` must start on a base install that has
+none of the coordinator's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.config import get_settings
+    from server.db.migrate import upgrade
+    from server.main import create_app
+
+    settings = get_settings()
+    if not args.no_migrate:
+        upgrade(settings.database_url)
+    print(f"flaas coordinator on http://{args.host}:{args.port}  (API docs at /docs)", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from server.config import get_settings
+    from server.db.migrate import current, upgrade
+
+    url = args.database_url or get_settings().database_url
+    upgrade(url, args.revision)
+    print(f"database at revision {current(url)}")
+    return 0
+
+
+def _operator_client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    key = args.operator_key or os.environ.get("FLAAS_OPERATOR_KEY")
+    if not key:
+        from server.config import DEVELOPMENT_OPERATOR_KEY
+
+        key = DEVELOPMENT_OPERATOR_KEY
+    return httpx.Client(
+        base_url=args.server, headers={"Authorization": f"Bearer {key}"}, timeout=30.0
+    )
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        with _operator_client(args) as http:
+            response = http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise SystemExit(f"error: cannot reach the coordinator at {args.server}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        raise SystemExit(f"error: {response.status_code}: {json.dumps(detail, indent=2)}")
+    return response.json()
+
+
+def _job_create(args: argparse.Namespace) -> int:
+    import yaml
+
+    path = Path(args.file)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"error: cannot read job file {path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise SystemExit(f"error: {path} must hold a mapping (the job spec)")
+    job = _request(args, "POST", "/api/v1/jobs", json=spec)
+    print(json.dumps(job, indent=2))
+    print(
+        f"\njob {job['id']} created; clients join with token:\n  {job['join_token']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _job_list(args: argparse.Namespace) -> int:
+    params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+    page = _request(args, "GET", "/api/v1/jobs", params=params)
+    print(f"{'id':36}  {'status':10} {'strategy':12} {'round':>9}  {'clients':>7}  name")
+    for job in page["items"]:
+        progress = f"{job['current_round']}/{job['total_rounds']}"
+        print(
+            f"{job['id']:36}  {job['status']:10} {job['strategy']:12} {progress:>9}  "
+            f"{job['enrolled_clients']:>7}  {job['name']}"
+        )
+    print(f"({len(page['items'])} of {page['total']})")
+    return 0
+
+
+def _job_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_request(args, "GET", f"/api/v1/jobs/{args.job_id}"), indent=2))
+    return 0
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("FLAAS_SERVER", DEFAULT_SERVER))
+    parser.add_argument(
+        "--operator-key", default=None, help="operator API key (default: $FLAAS_OPERATOR_KEY)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flaas", description="Federated LoRA fine-tuning as a service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the coordinator (embedded defaults)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--no-migrate", action="store_true", help="skip `flaas migrate` at start")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema")
+    migrate.add_argument("--database-url", default=None)
+    migrate.add_argument("--revision", default="head")
+    migrate.set_defaults(handler=_migrate)
+
+    job = commands.add_parser("job", help="create and inspect jobs").add_subparsers(
+        dest="job_command", required=True
+    )
+    create = job.add_parser("create", help="create a job from a YAML spec")
+    create.add_argument("--file", required=True)
+    create.set_defaults(handler=_job_create)
+    listing = job.add_parser("list", help="list jobs")
+    listing.add_argument("--status", default=None)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_job_list)
+    show = job.add_parser("show", help="show one job")
+    show.add_argument("job_id")
+    show.set_defaults(handler=_job_show)
+    for sub in (create, listing, show):
+        _add_server_options(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pydantic models: the job spec operators submit, and the API's request and response bodies."""

@@ -1,0 +1,181 @@
+"""Response and request bodies of the REST API (separate from the tables)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.schemas.job_spec import JobSpec, TrainingSettings
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``items`` plus what is needed to fetch the next one."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class JobOut(_FromRow):
+    id: uuid.UUID
+    name: str
+    status: str
+    failure_reason: str | None
+    strategy: str
+    rank_policy: str
+    r_min: int
+    r_max: int
+    total_rounds: int
+    current_round: int
+    enrolled_clients: int = 0
+    created_at: datetime
+    enrolment_deadline_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    spec: JobSpec
+    autorank: dict[str, Any] | None = None
+
+
+class JobCreated(JobOut):
+    join_token: str = Field(description="Shown once: clients enrol with it. Stored hashed.")
+
+
+class ComplexityStats(BaseModel):
+    """Data-complexity statistics a client computes on its training data (scalars only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(ge=1, le=10**12)
+    label_entropy: float | None = Field(default=None, ge=0, le=1)
+    gini_simpson: float | None = Field(default=None, ge=0, le=1)
+    loss_entropy: float | None = Field(default=None, ge=0, le=1)
+
+
+class EnrolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stats: ComplexityStats
+    name: str | None = Field(default=None, max_length=200)
+    max_rank: int | None = Field(
+        default=None, ge=1, le=1024, description="The device's capacity: assigned rank <= this."
+    )
+
+
+class ClientOut(_FromRow):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    name: str | None
+    stats: dict[str, Any]
+    max_rank: int | None
+    rank: int | None
+    closeness: float | None
+    enrolled_at: datetime
+    last_seen_at: datetime
+    rounds_contributed: int = 0
+
+
+class Enrolled(BaseModel):
+    client_id: uuid.UUID
+    job_id: uuid.UUID
+    credential: str = Field(description="Shown once: the client's bearer token. Stored hashed.")
+    rank: int | None = Field(description="Assigned rank, or null until enrolment closes.")
+
+
+class UpdateOut(_FromRow):
+    id: uuid.UUID
+    round_id: uuid.UUID
+    client_id: uuid.UUID
+    status: str
+    rank: int
+    n_samples: int | None
+    sha256: str | None
+    size_bytes: int | None
+    metrics: dict[str, Any] | None
+    upload_seconds: float | None
+    assigned_at: datetime
+    accepted_at: datetime | None
+    rejections: int
+    last_rejection: str | None
+
+
+class GlobalAdapterOut(_FromRow):
+    sha256: str
+    size_bytes: int
+    rank: int
+    n_updates: int
+    total_samples: int
+    created_at: datetime
+
+
+class RoundOut(_FromRow):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    number: int
+    status: str
+    failure_reason: str | None
+    sampled: int
+    quorum: int
+    accepted: int = 0
+    extensions: int
+    opened_at: datetime
+    deadline_at: datetime
+    aggregating_at: datetime | None
+    closed_at: datetime | None
+    aggregation: dict[str, Any] | None
+    global_adapter: GlobalAdapterOut | None = None
+
+
+class RoundDetail(RoundOut):
+    updates: list[UpdateOut]
+
+
+class WaitTask(BaseModel):
+    action: Literal["wait"] = "wait"
+    retry_after: float = Field(description="Seconds to wait before asking again.")
+    reason: str
+
+
+class TrainTask(BaseModel):
+    action: Literal["train"] = "train"
+    job_id: uuid.UUID
+    round_id: uuid.UUID
+    round_number: int
+    deadline_at: datetime
+    rank: int
+    lora_alpha: float
+    use_rslora: bool
+    adapter_type: str
+    strategy: str
+    shared_parts: list[str] = Field(description="Tensor parts to upload (lora_A, lora_B, ...).")
+    frozen_parts: list[str] = Field(description="Parts the client must not train.")
+    training: TrainingSettings
+    task: str | None
+    base_model: str
+    seed: int
+    adapter_url: str
+    upload_url: str
+
+
+class FinishedTask(BaseModel):
+    action: Literal["finished"] = "finished"
+    status: str
+    reason: str | None
+
+
+ClientTask = WaitTask | TrainTask | FinishedTask
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,86 @@
+"""Global adapters: what a client downloads for its round, and what an operator downloads."""
+
+from __future__ import annotations
+
+import uuid
+
+from safetensors.torch import load_file
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
+from server.errors import Conflict, Forbidden, NotFound
+from server.services.runtime import Runtime
+from server.services.strategies import client_scale, strategy_for
+from server.storage import distributed_key
+from server.tensors import save_adapter
+
+
+def starting_adapter(session: Session, job_id: uuid.UUID, round_number: int) -> GlobalAdapter:
+    """The global adapter round ``round_number`` starts from (the one round n-1 produced)."""
+    adapter = session.scalar(
+        select(GlobalAdapter)
+        .join(Round, GlobalAdapter.round_id == Round.id)
+        .where(Round.job_id == job_id, Round.number == round_number - 1)
+    )
+    if adapter is None:
+        raise NotFound(f"round {round_number - 1} of job {job_id} has no global adapter")
+    return adapter
+
+
+def client_adapter_key(session: Session, rt: Runtime, client: Client, round_id: uuid.UUID) -> str:
+    """Storage key of the adapter ``client`` trains from in this round, cut to its rank.
+
+    Distributions are cached under a deterministic key per (round, rank, scale): the
+    first client of each rank pays for the slicing, every other one streams a file.
+    """
+    rnd = session.get(Round, round_id)
+    if rnd is None:
+        raise NotFound(f"round {round_id} does not exist")
+    if rnd.job_id != client.job_id:
+        raise Forbidden(f"round {round_id} belongs to another job")
+    if rnd.number == 0:
+        raise Conflict("round 0 holds the initial adapter and trains nobody")
+    job = session.get_one(Job, rnd.job_id)
+    sampled_rank = session.scalar(
+        select(ClientUpdate.rank).where(
+            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client.id
+        )
+    )
+    rank = sampled_rank or client.rank
+    if rank is None:
+        raise Conflict("this client has no rank yet: enrolment is still open")
+    scale = client_scale(job, rank)
+    key = distributed_key(job.id, rnd.number - 1, rank, scale)
+    if not rt.store.exists(key):
+        source = starting_adapter(session, job.id, rnd.number)
+        with rt.store.local_path(source.storage_key) as path:
+            global_tensors = load_file(str(path))
+        tensors = strategy_for(job).distribute(global_tensors, rank, scale)
+        rt.store.put_bytes(
+            key,
+            save_adapter(
+                tensors, {"job": str(job.id), "round": str(rnd.number - 1), "rank": str(rank)}
+            ),
+        )
+    return key
+
+
+def operator_adapter(
+    session: Session, job_id: uuid.UUID, round_number: int | None
+) -> GlobalAdapter:
+    """The global adapter a round produced (default: the newest one)."""
+    query = (
+        select(GlobalAdapter)
+        .join(Round, GlobalAdapter.round_id == Round.id)
+        .where(Round.job_id == job_id, Round.status == RoundStatus.CLOSED)
+    )
+    if round_number is not None:
+        query = query.where(Round.number == round_number)
+    adapter = session.scalar(query.order_by(Round.number.desc()).limit(1))
+    if adapter is None:
+        if session.get(Job, job_id) is None:
+            raise NotFound(f"job {job_id} does not exist")
+        which = f"round {round_number}" if round_number is not None else "any round"
+        raise NotFound(f"job {job_id} has no global adapter for {which} yet")
+    return adapter

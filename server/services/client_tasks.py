@@ -1,0 +1,59 @@
+"""What a client should do now: wait, train (with everything it needs), or stop."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.db.models import Client, ClientUpdate, Job, JobStatus, Round, RoundStatus, UpdateStatus
+from server.schemas.api import ClientTask, FinishedTask, TrainTask, WaitTask
+from server.services.strategies import client_alpha, parts, spec_of, strategy_for
+
+ENROLMENT_POLL_S = 2.0
+ROUND_POLL_S = 1.0
+
+
+def next_task(session: Session, client: Client) -> ClientTask:
+    job = session.get_one(Job, client.job_id)
+    if job.status in (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED):
+        return FinishedTask(status=job.status, reason=job.failure_reason)
+    if job.status == JobStatus.ENROLLING:
+        return WaitTask(retry_after=ENROLMENT_POLL_S, reason="enrolment is still open")
+    rnd = session.scalar(
+        select(Round).where(Round.job_id == job.id, Round.number == job.current_round)
+    )
+    if rnd is None or rnd.status != RoundStatus.OPEN:
+        return WaitTask(retry_after=ROUND_POLL_S, reason="the current round is being aggregated")
+    update = session.scalar(
+        select(ClientUpdate).where(
+            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client.id
+        )
+    )
+    if update is None:
+        return WaitTask(retry_after=ROUND_POLL_S, reason=f"not sampled for round {rnd.number}")
+    if update.status != UpdateStatus.PENDING:
+        return WaitTask(
+            retry_after=ROUND_POLL_S, reason=f"update for round {rnd.number} already accepted"
+        )
+    spec = spec_of(job)
+    strategy = strategy_for(job)
+    shared, frozen = parts(job, update.rank)
+    return TrainTask(
+        job_id=job.id,
+        round_id=rnd.id,
+        round_number=rnd.number,
+        deadline_at=rnd.deadline_at,
+        rank=update.rank,
+        lora_alpha=client_alpha(spec, update.rank),
+        use_rslora=strategy.use_rslora,
+        adapter_type=strategy.adapter_type,
+        strategy=job.strategy,
+        shared_parts=shared,
+        frozen_parts=frozen,
+        training=spec.training,
+        task=spec.task,
+        base_model=spec.base_model,
+        seed=job.seed,
+        adapter_url=f"/api/v1/rounds/{rnd.id}/adapter",
+        upload_url=f"/api/v1/rounds/{rnd.id}/update",
+    )

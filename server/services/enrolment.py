@@ -1,0 +1,80 @@
+"""Enrolment: a client joins a job with its join token and gets its own credential."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.db.models import Client, Job, JobStatus, utcnow
+from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
+from server.schemas.api import EnrolRequest
+from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
+from server.services import ranking, rounds
+from server.services.runtime import Runtime
+from server.services.strategies import EQUAL_RANK_STRATEGIES, spec_of
+
+
+def enrol_client(
+    session: Session, rt: Runtime, job_id: uuid.UUID, join_token: str, request: EnrolRequest
+) -> tuple[Client, str]:
+    """Enrol a client; returns it and its credential (shown once, stored hashed).
+
+    Enrolment that reaches the job's target size starts the job in the same transaction.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or not matches_any(hash_secret(join_token), [job.join_token_hash]):
+        # Same answer for an unknown job and a wrong token: a join token is the only
+        # thing that proves a client may see a job at all.
+        raise Unauthorized("invalid join token for this job")
+    spec = spec_of(job)
+    if job.status in rounds.TERMINAL_JOB:
+        raise Gone(f"job {job.id} is {job.status}; it accepts no more clients")
+    if job.status == JobStatus.RUNNING and not spec.enrolment.allow_late_join:
+        raise Gone(f"job {job.id} has started and does not accept late joiners")
+    enrolled = (
+        session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
+    )
+    if enrolled >= rt.settings.max_clients_per_job:
+        raise Conflict(
+            f"job {job.id} already has {enrolled} clients, the limit of this coordinator"
+        )
+    if (
+        job.strategy in EQUAL_RANK_STRATEGIES
+        and request.max_rank is not None
+        and request.max_rank < spec.rank.default
+    ):
+        raise InvalidRequest(
+            f"strategy {job.strategy} trains every client at rank {spec.rank.default}; "
+            f"this device's max_rank {request.max_rank} is below it"
+        )
+    credential = new_secret(CLIENT_CREDENTIAL_PREFIX)
+    now = utcnow()
+    client = Client(
+        job_id=job.id,
+        name=request.name,
+        credential_hash=hash_secret(credential),
+        stats=request.stats.model_dump(),
+        max_rank=request.max_rank,
+        enrolled_at=now,
+        last_seen_at=now,
+    )
+    session.add(client)
+    session.flush()
+    if job.status == JobStatus.RUNNING:
+        ranking.rank_late_joiner(job, spec, client)
+    elif (
+        spec.enrolment.target_clients is not None and enrolled + 1 >= spec.enrolment.target_clients
+    ):
+        rounds.start_job(session, rt, job, now)
+    return client, credential
+
+
+def authenticate_client(session: Session, credential: str) -> Client:
+    """The client holding ``credential``; its last-seen time is refreshed."""
+    client = session.scalar(select(Client).where(Client.credential_hash == hash_secret(credential)))
+    if client is None:
+        raise Unauthorized("invalid client credential")
+    client.last_seen_at = utcnow()
+    return client

@@ -1,0 +1,334 @@
+"""The round state machine: the only place where jobs and rounds change status.
+
+    Job:    enrolling -> running -> finished | cancelled | failed
+    Round:  open -> aggregating -> closed | failed      (round 0: the initial adapter, closed)
+
+Every transition is a compare-and-set ``UPDATE ... WHERE status = <expected>``, so two
+actors racing (an upload and the deadline scheduler, a redelivered task and its
+original, two coordinator processes) can never both win. The database is the only
+state: a coordinator restarted at any point continues from it (``recover``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from server.db.models import (
+    Client,
+    ClientUpdate,
+    GlobalAdapter,
+    Job,
+    JobStatus,
+    Round,
+    RoundStatus,
+    UpdateStatus,
+    utcnow,
+)
+from server.db.session import after_commit
+from server.errors import Conflict
+from server.services import ranking
+from server.services.runtime import Runtime
+from server.services.strategies import (
+    default_quorum,
+    extra_of,
+    modules_of,
+    spec_of,
+    strategy_for,
+)
+from server.storage import global_key
+from server.tensors import save_adapter
+
+log = logging.getLogger(__name__)
+
+TERMINAL_JOB = {JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED}
+
+
+def transition(
+    session: Session, model: Any, row_id: uuid.UUID, expected: str, **values: Any
+) -> bool:
+    """Set ``values`` on the row only if its status is still ``expected``; True if it was."""
+    result = session.execute(
+        update(model)
+        .where(model.id == row_id, model.status == expected)
+        .values(**values)
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
+    """Close enrolment: assign ranks, store the initial adapter as round 0, open round 1."""
+    if not transition(
+        session, Job, job.id, JobStatus.ENROLLING, status=JobStatus.RUNNING, started_at=now
+    ):
+        return False
+    spec = spec_of(job)
+    clients = list(
+        session.scalars(select(Client).where(Client.job_id == job.id).order_by(Client.id))
+    )
+    ranking.rank_cohort(job, spec, clients)
+    initial = strategy_for(job).initial_adapter(
+        modules_of(spec), rank=job.r_max, seed=job.seed, extra=extra_of(spec)
+    )
+    blob = save_adapter(initial, {"job": str(job.id), "round": "0"})
+    key = global_key(job.id, 0)
+    rt.store.put_bytes(key, blob)
+    round0 = Round(
+        job_id=job.id,
+        number=0,
+        status=RoundStatus.CLOSED,
+        opened_at=now,
+        deadline_at=now,
+        closed_at=now,
+    )
+    session.add(round0)
+    session.flush()
+    session.add(
+        GlobalAdapter(
+            round_id=round0.id,
+            storage_key=key,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            size_bytes=len(blob),
+            rank=job.r_max,
+            n_updates=0,
+            total_samples=0,
+        )
+    )
+    open_round(session, job, 1, now)
+    log.info("job %s started with %d clients", job.id, len(clients))
+    return True
+
+
+def open_round(session: Session, job: Job, number: int, now: datetime) -> Round:
+    """Sample the round's clients (seeded by job and round) and create their pending updates."""
+    spec = spec_of(job)
+    eligible = list(
+        session.scalars(
+            select(Client)
+            .where(Client.job_id == job.id, Client.rank.is_not(None))
+            .order_by(Client.id)
+        )
+    )
+    wanted = max(spec.sampling.minimum, math.ceil(spec.sampling.fraction * len(eligible)))
+    chosen = random.Random(f"{job.seed}:{number}").sample(eligible, min(wanted, len(eligible)))
+    rnd = Round(
+        job_id=job.id,
+        number=number,
+        status=RoundStatus.OPEN,
+        sampled=len(chosen),
+        quorum=default_quorum(len(chosen), spec.round.min_updates),
+        opened_at=now,
+        deadline_at=now + timedelta(seconds=spec.round.timeout_s),
+    )
+    session.add(rnd)
+    session.flush()
+    for client in chosen:
+        session.add(
+            ClientUpdate(round_id=rnd.id, client_id=client.id, rank=client.rank, assigned_at=now)
+        )
+    job.current_round = number
+    return rnd
+
+
+def accepted_count(session: Session, round_id: uuid.UUID) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ClientUpdate)
+            .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.ACCEPTED)
+        )
+        or 0
+    )
+
+
+def request_aggregation(session: Session, rt: Runtime, rnd: Round, now: datetime) -> bool:
+    """open -> aggregating, then queue the aggregation once this transaction commits."""
+    if not transition(
+        session, Round, rnd.id, RoundStatus.OPEN, status=RoundStatus.AGGREGATING, aggregating_at=now
+    ):
+        return False
+    round_id = rnd.id
+    after_commit(session, lambda: rt.dispatch(round_id))
+    log.info("round %s (#%d) is aggregating", round_id, rnd.number)
+    return True
+
+
+def close_round(
+    session: Session,
+    round_id: uuid.UUID,
+    adapter: GlobalAdapter,
+    aggregation: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """aggregating -> closed with its global adapter; open the next round or finish the job.
+
+    Returns False (and changes nothing) if another worker already closed the round.
+    """
+    if not transition(
+        session,
+        Round,
+        round_id,
+        RoundStatus.AGGREGATING,
+        status=RoundStatus.CLOSED,
+        closed_at=now,
+        aggregation=aggregation,
+    ):
+        return False
+    rnd = session.get_one(Round, round_id)
+    session.add(adapter)
+    session.execute(
+        update(ClientUpdate)
+        .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.PENDING)
+        .values(status=UpdateStatus.MISSED)
+    )
+    job = session.get_one(Job, rnd.job_id, with_for_update=True)
+    if job.status != JobStatus.RUNNING:
+        return True
+    if rnd.number >= job.total_rounds:
+        transition(
+            session, Job, job.id, JobStatus.RUNNING, status=JobStatus.FINISHED, finished_at=now
+        )
+        log.info("job %s finished after %d rounds", job.id, rnd.number)
+    else:
+        open_round(session, job, rnd.number + 1, now)
+    return True
+
+
+def fail_round(session: Session, round_id: uuid.UUID, reason: str, now: datetime) -> None:
+    """Mark the round failed (from open or aggregating) and fail its job with the reason."""
+    rnd = session.get_one(Round, round_id)
+    for expected in (RoundStatus.OPEN, RoundStatus.AGGREGATING):
+        if transition(
+            session,
+            Round,
+            round_id,
+            expected,
+            status=RoundStatus.FAILED,
+            failure_reason=reason,
+            closed_at=now,
+        ):
+            break
+    else:
+        return
+    fail_job(session, rnd.job_id, f"round {rnd.number} failed: {reason}", now)
+
+
+def fail_job(session: Session, job_id: uuid.UUID, reason: str, now: datetime) -> None:
+    for expected in (JobStatus.ENROLLING, JobStatus.RUNNING):
+        if transition(
+            session,
+            Job,
+            job_id,
+            expected,
+            status=JobStatus.FAILED,
+            failure_reason=reason,
+            finished_at=now,
+        ):
+            log.warning("job %s failed: %s", job_id, reason)
+            return
+
+
+def cancel_job(session: Session, job: Job, now: datetime) -> Job:
+    """Cancel a job that has not ended; its open round is failed, nothing more is accepted."""
+    for expected in (JobStatus.ENROLLING, JobStatus.RUNNING):
+        if transition(
+            session,
+            Job,
+            job.id,
+            expected,
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            failure_reason="cancelled by an operator",
+        ):
+            session.execute(
+                update(Round)
+                .where(Round.job_id == job.id, Round.status == RoundStatus.OPEN)
+                .values(status=RoundStatus.FAILED, failure_reason="job cancelled", closed_at=now)
+            )
+            session.refresh(job)
+            return job
+    raise Conflict(
+        f"job {job.id} is already {job.status}; only enrolling or running jobs can be cancelled"
+    )
+
+
+def tick(session: Session, rt: Runtime, now: datetime | None = None) -> None:
+    """Apply every deadline that has passed: enrolment windows and round deadlines."""
+    now = now or utcnow()
+    for job in session.scalars(
+        select(Job).where(Job.status == JobStatus.ENROLLING, Job.enrolment_deadline_at <= now)
+    ):
+        _close_enrolment_at_deadline(session, rt, job, now)
+    for rnd in session.scalars(
+        select(Round).where(Round.status == RoundStatus.OPEN, Round.deadline_at <= now)
+    ):
+        _apply_round_deadline(session, rt, rnd, now)
+
+
+def _close_enrolment_at_deadline(session: Session, rt: Runtime, job: Job, now: datetime) -> None:
+    spec = spec_of(job)
+    enrolled = (
+        session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
+    )
+    if enrolled >= spec.enrolment.min_clients:
+        start_job(session, rt, job, now)
+    else:
+        fail_job(
+            session,
+            job.id,
+            f"enrolment closed with {enrolled} client(s); the job needs at least "
+            f"{spec.enrolment.min_clients}",
+            now,
+        )
+
+
+def _apply_round_deadline(session: Session, rt: Runtime, rnd: Round, now: datetime) -> None:
+    accepted = accepted_count(session, rnd.id)
+    if accepted >= rnd.quorum:
+        request_aggregation(session, rt, rnd, now)
+        return
+    job = session.get_one(Job, rnd.job_id)
+    policy = spec_of(job).round
+    if policy.on_deadline == "extend" and rnd.extensions < policy.max_extensions:
+        transition(
+            session,
+            Round,
+            rnd.id,
+            RoundStatus.OPEN,
+            extensions=rnd.extensions + 1,
+            deadline_at=now + timedelta(seconds=policy.timeout_s),
+        )
+        log.warning(
+            "round %s (#%d) deadline passed with %d/%d updates: extended (%d/%d)",
+            rnd.id,
+            rnd.number,
+            accepted,
+            rnd.quorum,
+            rnd.extensions + 1,
+            policy.max_extensions,
+        )
+        return
+    fail_round(
+        session,
+        rnd.id,
+        f"deadline passed with {accepted} update(s) of the {rnd.quorum} needed "
+        f"(after {rnd.extensions} extension(s))",
+        now,
+    )
+
+
+def recover(session: Session, rt: Runtime) -> int:
+    """Re-queue every round left aggregating (a coordinator or worker died mid-aggregation)."""
+    stuck = list(session.scalars(select(Round.id).where(Round.status == RoundStatus.AGGREGATING)))
+    for round_id in stuck:
+        after_commit(session, lambda rid=round_id: rt.dispatch(rid))
+    return len(stuck)

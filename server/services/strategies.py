@@ -1,0 +1,97 @@
+"""The one bridge between a job's spec and the aggregation library.
+
+Everything the coordinator needs to know about a strategy (what a client uploads, what
+it keeps private, which scale it trains at) is asked of the strategy object here.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from server.aggregation import AggregationError, Strategy, get_strategy, lora_scale
+from server.db.models import Job
+from server.errors import InvalidRequest
+from server.schemas.job_spec import JobSpec
+
+LORA_PARTS = ("lora_A", "lora_B")
+VERA_PARTS = ("vera_lambda_d", "vera_lambda_b")
+# Baselines whose math is only defined when every client has the same rank.
+EQUAL_RANK_STRATEGIES = frozenset({"fedit", "ffa"})
+
+
+@lru_cache(maxsize=256)
+def _cached_strategy(name: str, r_max: int, options: tuple[tuple[str, object], ...]) -> Strategy:
+    return get_strategy(name, r_max=r_max, **dict(options))
+
+
+def strategy_for_spec(spec: JobSpec) -> Strategy:
+    """The spec's strategy; a bad name or option becomes a 422 naming what is valid."""
+    try:
+        options = tuple(sorted(spec.strategy_options.items()))
+        return _cached_strategy(spec.strategy, spec.rank.r_max, options)
+    except AggregationError as exc:
+        raise InvalidRequest(f"strategy: {exc}") from exc
+
+
+def strategy_for(job: Job) -> Strategy:
+    return _cached_strategy(job.strategy, job.r_max, tuple(sorted(job.strategy_options.items())))
+
+
+def spec_of(job: Job) -> JobSpec:
+    return JobSpec.model_validate(job.spec)
+
+
+def modules_of(spec: JobSpec) -> dict[str, tuple[int, int]]:
+    return {name: (dims[0], dims[1]) for name, dims in spec.modules.items()}
+
+
+def extra_of(spec: JobSpec) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(shape) for name, shape in spec.extra.items()}
+
+
+def upload_spec(job: Job, rank: int) -> dict[str, tuple[int, ...]]:
+    """The exact key -> shape map a client of ``rank`` must upload for ``job``."""
+    spec = spec_of(job)
+    return strategy_for(job).upload_spec(modules_of(spec), rank, extra_of(spec))
+
+
+def client_scale(job: Job, rank: int) -> float:
+    """The LoRA scale a client of ``rank`` trains at (VeRA has no alpha: scale 1)."""
+    strategy = strategy_for(job)
+    if strategy.adapter_type == "vera":
+        return 1.0
+    spec = spec_of(job)
+    alpha = client_alpha(spec, rank)
+    return lora_scale(rank, alpha, rslora=strategy.use_rslora)
+
+
+def client_alpha(spec: JobSpec, rank: int) -> float:
+    return spec.lora.lora_alpha * rank if spec.lora.alpha_per_rank else spec.lora.lora_alpha
+
+
+def part_of(key: str) -> str:
+    """The part a state-dict key belongs to: lora_A, lora_B, vera_lambda_d/b, or extra."""
+    for part in (*LORA_PARTS, *VERA_PARTS):
+        if key.endswith(f".{part}.weight") or key.endswith(f".{part}"):
+            return part
+    return "extra"
+
+
+def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
+    """(shared, frozen) parts for a client: what it uploads, and what it must not train."""
+    strategy = strategy_for(job)
+    spec = spec_of(job)
+    modules, extra = modules_of(spec), extra_of(spec)
+    shared = {part_of(k) for k in strategy.upload_spec(modules, rank, extra)}
+    private = {part_of(k) for k in strategy.private_spec(modules, rank, extra)}
+    every = set(VERA_PARTS if strategy.adapter_type == "vera" else LORA_PARTS)
+    if extra:
+        every.add("extra")
+    return sorted(shared), sorted(every - shared - private)
+
+
+def default_quorum(sampled: int, min_updates: int | None) -> int:
+    if min_updates is not None:
+        return min(sampled, min_updates)
+    return max(1, math.ceil(sampled / 2))

@@ -1,0 +1,213 @@
+"""Client updates: checks before the body is read, validation, and acceptance.
+
+An upload counts only after the whole file passed ``validate_adapter`` and the round
+was still open when its row changed to ``accepted``. Accepted updates are immutable:
+an identical retry is answered 200, a different body 409, a late one 410.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
+from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
+from server.services import rounds
+from server.services.runtime import Runtime
+from server.services.strategies import upload_spec
+from server.storage import update_key
+
+MAX_METRICS = 64
+MAX_SAMPLES = 10**12
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where an upload goes and what it must contain; computed before the body is read."""
+
+    update_id: uuid.UUID
+    round_id: uuid.UUID
+    round_number: int
+    job_id: uuid.UUID
+    client_id: uuid.UUID
+    rank: int
+    expected: dict[str, tuple[int, ...]]
+    accepted_sha256: str | None
+
+
+def prepare_upload(session: Session, client: Client, round_id: uuid.UUID) -> UploadTarget:
+    """Refuse an upload that cannot count, before a byte of it is read."""
+    rnd = session.get(Round, round_id)
+    if rnd is None:
+        raise NotFound(f"round {round_id} does not exist")
+    if rnd.job_id != client.job_id:
+        raise Forbidden(f"round {round_id} belongs to another job")
+    update = _update_of(session, rnd, client.id)
+    if update.status != UpdateStatus.ACCEPTED:
+        _require_open(rnd, update)
+    job = session.get_one(Job, rnd.job_id)
+    return UploadTarget(
+        update_id=update.id,
+        round_id=rnd.id,
+        round_number=rnd.number,
+        job_id=rnd.job_id,
+        client_id=client.id,
+        rank=update.rank,
+        expected=upload_spec(job, update.rank),
+        accepted_sha256=update.sha256 if update.status == UpdateStatus.ACCEPTED else None,
+    )
+
+
+def _update_of(session: Session, rnd: Round, client_id: uuid.UUID) -> ClientUpdate:
+    update = session.scalar(
+        select(ClientUpdate).where(
+            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client_id
+        )
+    )
+    if update is None:
+        raise Conflict(
+            f"this client was not sampled for round {rnd.number}; "
+            "ask GET /api/v1/clients/me/task for its current task"
+        )
+    return update
+
+
+def _require_open(rnd: Round, update: ClientUpdate) -> None:
+    if rnd.status != RoundStatus.OPEN or update.status == UpdateStatus.MISSED:
+        raise Gone(f"round {rnd.number} is {rnd.status}; it no longer accepts updates")
+
+
+def accept_update(
+    session: Session,
+    rt: Runtime,
+    target: UploadTarget,
+    *,
+    staged: Path,
+    sha256: str,
+    size_bytes: int,
+    n_samples: int,
+    metrics: dict[str, float],
+    upload_seconds: float,
+) -> tuple[ClientUpdate, bool]:
+    """Store a validated upload and count it; returns (update, created).
+
+    The round row is share-locked so that it cannot start aggregating between the
+    status check and the acceptance (SQLite serialises whole transactions instead).
+    """
+    # The key is content-addressed, so the blob can be stored before the locks are
+    # taken: a retry writes the same bytes to the same key, and a refused upload's
+    # blob is deleted below.
+    key = update_key(target.job_id, target.round_number, target.client_id, sha256)
+    rt.store.put_file(key, staged)
+    try:
+        return _count(
+            session, rt, target, key, sha256, size_bytes, n_samples, metrics, upload_seconds
+        )
+    except (Conflict, Gone):
+        rt.store.delete(key)
+        raise
+
+
+def _count(
+    session: Session,
+    rt: Runtime,
+    target: UploadTarget,
+    key: str,
+    sha256: str,
+    size_bytes: int,
+    n_samples: int,
+    metrics: dict[str, float],
+    upload_seconds: float,
+) -> tuple[ClientUpdate, bool]:
+    rnd = session.get_one(Round, target.round_id, with_for_update={"read": True})
+    update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
+    if update.status == UpdateStatus.ACCEPTED:
+        return _identical_retry(update, rnd, sha256), False
+    _require_open(rnd, update)
+    now = utcnow()
+    accepted = rounds.transition(
+        session,
+        ClientUpdate,
+        update.id,
+        UpdateStatus.PENDING,
+        status=UpdateStatus.ACCEPTED,
+        n_samples=n_samples,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        storage_key=key,
+        metrics=metrics,
+        upload_seconds=upload_seconds,
+        accepted_at=now,
+    )
+    session.refresh(update)
+    if not accepted:
+        return _identical_retry(update, rnd, sha256), False
+    if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
+        rounds.request_aggregation(session, rt, rnd, now)
+    return update, True
+
+
+def _identical_retry(update: ClientUpdate, rnd: Round, sha256: str) -> ClientUpdate:
+    if update.sha256 == sha256:
+        return update
+    raise Conflict(
+        f"a different update (sha256 {update.sha256}) was already accepted for round "
+        f"{rnd.number}; accepted updates are immutable"
+    )
+
+
+def get_update(session: Session, update_id: uuid.UUID) -> ClientUpdate:
+    return session.get_one(ClientUpdate, update_id)
+
+
+def record_rejection(session: Session, update_id: uuid.UUID, reason: str) -> None:
+    """Keep the latest rejection reason on the update row (the dashboard shows it)."""
+    update = session.get(ClientUpdate, update_id)
+    if update is not None and update.status == UpdateStatus.PENDING:
+        update.rejections += 1
+        update.last_rejection = reason[:2000]
+
+
+def parse_n_samples(raw: str | None) -> int:
+    if raw is None:
+        raise InvalidRequest("the Flaas-Num-Samples header is required (an integer >= 1)")
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidRequest(f"Flaas-Num-Samples must be an integer, got {raw[:40]!r}") from None
+    if not 1 <= value <= MAX_SAMPLES:
+        raise InvalidRequest(f"Flaas-Num-Samples must lie in [1, {MAX_SAMPLES}], got {value}")
+    return value
+
+
+def parse_metrics(raw: str | None, max_bytes: int) -> dict[str, float]:
+    """The Flaas-Metrics header: a small JSON object of string -> finite number."""
+    if raw is None or not raw.strip():
+        return {}
+    if len(raw.encode("utf-8")) > max_bytes:
+        raise PayloadTooLarge(f"Flaas-Metrics is larger than {max_bytes} bytes")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("Flaas-Metrics must be a JSON object") from None
+    if not isinstance(value, dict) or len(value) > MAX_METRICS:
+        raise InvalidRequest(
+            f"Flaas-Metrics must be a JSON object of at most {MAX_METRICS} entries"
+        )
+    metrics: dict[str, float] = {}
+    for name, number in value.items():
+        if len(name) > 100 or isinstance(number, bool) or not isinstance(number, int | float):
+            raise InvalidRequest(
+                f"Flaas-Metrics entry {name[:100]!r} must map a short name to a number"
+            )
+        if not math.isfinite(number):
+            raise InvalidRequest(f"Flaas-Metrics entry {name!r} is not finite")
+        metrics[name] = float(number)
+    return metrics

@@ -1,0 +1,122 @@
+"""A whole job through the API (TestClient): enrol, train tasks, uploads, aggregation, finish."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load, save
+
+from tests.api.conftest import RunningJob
+from tests.support import adapter_tensors, bearer, job_spec, operator
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def train_round(api: TestClient, job: RunningJob, seed: int) -> list[dict]:
+    """Every sampled client fetches its task and adapter and uploads a random update."""
+    results = []
+    for index, _client in enumerate(job.clients):
+        task = api.get("/api/v1/clients/me/task", headers=job.headers(index)).json()
+        if task["action"] != "train":
+            continue
+        adapter = api.get(task["adapter_url"], headers=job.headers(index))
+        assert adapter.status_code == 200
+        received = load(adapter.content)
+        rank = task["rank"]
+        assert received["base_model.model.fc1.lora_A.weight"].shape == (rank, 8)
+        assert received["base_model.model.fc1.lora_B.weight"].shape == (6, rank)
+        body = save(adapter_tensors(rank, seed=seed + index))
+        response = api.put(
+            task["upload_url"],
+            content=body,
+            headers={
+                **job.headers(index),
+                "Flaas-Num-Samples": str(10 * (index + 1)),
+                "Flaas-Metrics": '{"val_accuracy": 0.5, "train_loss": 1.25}',
+            },
+        )
+        assert response.status_code == 201, response.text
+        results.append(response.json())
+    return results
+
+
+def test_job_runs_to_the_end(api: TestClient, running: RunningJob) -> None:
+    job = api.get(f"/api/v1/jobs/{running.id}", headers=operator(api)).json()
+    assert job["status"] == "running"
+    assert job["current_round"] == 1
+    ranks = [
+        c["rank"]
+        for c in api.get(f"/api/v1/jobs/{running.id}/clients", headers=operator(api)).json()[
+            "items"
+        ]
+    ]
+    assert all(2 <= r <= 8 for r in ranks)
+    assert len(set(ranks)) > 1, "AutoRank should spread different clients over the rank range"
+
+    for number in (1, 2):
+        uploaded = train_round(api, running, seed=100 * number)
+        assert len(uploaded) == 3
+        detail = wait_for(
+            lambda n=number: (
+                (
+                    r := api.get(
+                        f"/api/v1/jobs/{running.id}/rounds/{n}", headers=operator(api)
+                    ).json()
+                )["status"]
+                == "closed"
+                and r
+            )
+        )
+        assert detail["accepted"] == 3
+        assert detail["global_adapter"]["n_updates"] == 3
+        assert detail["aggregation"]["updates"] == 3
+        assert len(detail["aggregation"]["coverage"]) == 8
+
+    job = wait_for(
+        lambda: (
+            (j := api.get(f"/api/v1/jobs/{running.id}", headers=operator(api)).json())["status"]
+            == "finished"
+            and j
+        )
+    )
+    assert job["current_round"] == 2
+    for index in range(3):
+        task = api.get("/api/v1/clients/me/task", headers=running.headers(index)).json()
+        assert task == {"action": "finished", "status": "finished", "reason": None}
+
+    rounds = api.get(f"/api/v1/jobs/{running.id}/rounds", headers=operator(api)).json()
+    assert [r["number"] for r in rounds["items"]] == [0, 1, 2]
+    final = api.get(f"/api/v1/jobs/{running.id}/adapter", headers=operator(api))
+    assert final.status_code == 200
+    tensors = load(final.content)
+    assert tensors["base_model.model.fc1.lora_A.weight"].shape == (8, 8)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    initial = load(
+        api.get(f"/api/v1/jobs/{running.id}/adapter?round=0", headers=operator(api)).content
+    )
+    assert not torch.equal(
+        initial["base_model.model.fc1.lora_A.weight"], tensors["base_model.model.fc1.lora_A.weight"]
+    )
+
+
+def test_enrolled_client_waits_until_enrolment_closes(api: TestClient) -> None:
+    spec = {"enrolment": {"min_clients": 2, "target_clients": 3, "timeout_s": 300}}
+    pending = api.post("/api/v1/jobs", json=job_spec(**spec), headers=operator(api)).json()
+    enrolled = api.post(
+        f"/api/v1/jobs/{pending['id']}/clients",
+        json={"stats": {"n_samples": 5}},
+        headers=bearer(pending["join_token"]),
+    ).json()
+    assert enrolled["rank"] is None
+    task = api.get("/api/v1/clients/me/task", headers=bearer(enrolled["credential"])).json()
+    assert task["action"] == "wait" and task["retry_after"] > 0

@@ -1,0 +1,107 @@
+"""DeviceState: credentials, progress, pending update and private tensors survive restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client_sdk.state import AcceptedUpload, Credentials, DeviceState
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_credentials_survive_a_restart_with_private_permissions(tmp_path):
+    state = DeviceState(tmp_path / "s")
+    assert state.load_credentials() is None
+    state.save_credentials("client-7", "s3cret")
+    again = DeviceState(tmp_path / "s")  # a new process would do exactly this
+    assert again.load_credentials() == Credentials(client_id="client-7", token="s3cret")
+    assert _mode(tmp_path / "s" / "credentials.json") == 0o600
+    state.save_credentials("client-7", "rotated")
+    assert DeviceState(tmp_path / "s").load_credentials().token == "rotated"
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["credentials.json"]  # no temp files
+
+
+def test_corrupt_credentials_raise_a_clear_error(tmp_path):
+    state = DeviceState(tmp_path)
+    (tmp_path / "credentials.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt state file"):
+        state.load_credentials()
+
+
+def test_one_directory_per_coordinator_and_job(tmp_path):
+    a = DeviceState.for_job(tmp_path, "https://coord.example:8443", "job-1")
+    b = DeviceState.for_job(tmp_path, "https://coord.example:8443", "job-2")
+    c = DeviceState.for_job(tmp_path, "http://coord.example:8443", "job-1")
+    assert len({a.directory, b.directory, c.directory}) == 3
+    assert DeviceState.for_job(tmp_path, "https://coord.example:8443", "job-1").directory == (
+        a.directory
+    )
+    assert a.directory.parent == tmp_path and "coord.example" in a.directory.name
+
+
+def test_accepted_round_survives_a_restart(tmp_path):
+    state = DeviceState(tmp_path)
+    assert state.last_accepted() is None and not state.already_uploaded(1)
+    state.record_accepted(3, "ab" * 32)
+    again = DeviceState(tmp_path)
+    assert again.last_accepted() == AcceptedUpload(round=3, sha256="ab" * 32)
+    assert again.already_uploaded(3) and again.already_uploaded(2)
+    assert not again.already_uploaded(4)
+
+
+def test_pending_update_is_resent_byte_for_byte_and_cleared_on_accept(tmp_path):
+    state = DeviceState(tmp_path)
+    assert state.load_pending() is None
+    payload = b"\x00safetensors-bytes" * 10
+    sha = state.save_pending(4, payload)
+    assert sha == hashlib.sha256(payload).hexdigest()
+    assert DeviceState(tmp_path).load_pending() == (4, payload)
+    # A torn write (bytes replaced, JSON not) is ignored rather than resent.
+    (tmp_path / "pending.safetensors").write_bytes(b"other")
+    assert DeviceState(tmp_path).load_pending() is None
+    state.save_pending(4, payload)
+    DeviceState(tmp_path).record_accepted(4, sha)
+    assert DeviceState(tmp_path).load_pending() is None
+
+
+def test_private_tensors_survive_a_restart_bit_exactly(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = DeviceState(tmp_path)
+    assert state.load_private() is None
+    tensors = {
+        "base_model.model.fc1.lora_B.weight": torch.randn(128, 8),
+        "base_model.model.fc3.bias": torch.randn(10),
+        "half": torch.randn(4, 4).to(torch.bfloat16),
+    }
+    state.save_private(tensors, metadata={"round": "2"})
+    loaded = DeviceState(tmp_path).load_private()
+    assert loaded is not None and loaded.keys() == tensors.keys()
+    for key, value in tensors.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value)
+    assert _mode(tmp_path / "private.safetensors") == 0o600
+    state.save_private({"only": torch.zeros(2)})  # replaces the whole set
+    assert list(DeviceState(tmp_path).load_private()) == ["only"]
+    state.clear_private()
+    assert DeviceState(tmp_path).load_private() is None
+
+
+def test_state_directory_is_private(tmp_path):
+    DeviceState(tmp_path / "new")
+    assert _mode(tmp_path / "new") & 0o077 == 0
+
+
+def test_state_module_does_not_import_torch():
+    code = "import sys, client_sdk.state; assert 'torch' not in sys.modules"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=60)

