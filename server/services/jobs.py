@@ -89,7 +89,7 @@ def count_clients(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID,
         .where(Client.job_id.in_(job_ids))
         .group_by(Client.job_id)
     )
-    return dict(rows.all())  # type: ignore[arg-type]
+    return dict(rows.all())
 
 
 def list_jobs(

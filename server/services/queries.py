@@ -21,7 +21,7 @@ def _accepted_by_round(session: Session, round_ids: list[uuid.UUID]) -> dict[uui
         .where(ClientUpdate.round_id.in_(round_ids), ClientUpdate.status == UpdateStatus.ACCEPTED)
         .group_by(ClientUpdate.round_id)
     )
-    return dict(rows.all())  # type: ignore[arg-type]
+    return dict(rows.all())
 
 
 def _adapters_by_round(

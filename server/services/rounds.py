@@ -11,6 +11,7 @@ state: a coordinator restarted at any point continues from it (``recover``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -330,5 +331,5 @@ def recover(session: Session, rt: Runtime) -> int:
     """Re-queue every round left aggregating (a coordinator or worker died mid-aggregation)."""
     stuck = list(session.scalars(select(Round.id).where(Round.status == RoundStatus.AGGREGATING)))
     for round_id in stuck:
-        after_commit(session, lambda rid=round_id: rt.dispatch(rid))
+        after_commit(session, functools.partial(rt.dispatch, round_id))
     return len(stuck)

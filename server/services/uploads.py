@@ -84,17 +84,20 @@ def _require_open(rnd: Round, update: ClientUpdate) -> None:
         raise Gone(f"round {rnd.number} is {rnd.status}; it no longer accepts updates")
 
 
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """An upload that passed validation, staged on local disk, with what the client declared."""
+
+    staged: Path
+    sha256: str
+    size_bytes: int
+    n_samples: int
+    metrics: dict[str, float]
+    upload_seconds: float
+
+
 def accept_update(
-    session: Session,
-    rt: Runtime,
-    target: UploadTarget,
-    *,
-    staged: Path,
-    sha256: str,
-    size_bytes: int,
-    n_samples: int,
-    metrics: dict[str, float],
-    upload_seconds: float,
+    session: Session, rt: Runtime, target: UploadTarget, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
     """Store a validated upload and count it; returns (update, created).
 
@@ -104,32 +107,22 @@ def accept_update(
     # The key is content-addressed, so the blob can be stored before the locks are
     # taken: a retry writes the same bytes to the same key, and a refused upload's
     # blob is deleted below.
-    key = update_key(target.job_id, target.round_number, target.client_id, sha256)
-    rt.store.put_file(key, staged)
+    key = update_key(target.job_id, target.round_number, target.client_id, received.sha256)
+    rt.store.put_file(key, received.staged)
     try:
-        return _count(
-            session, rt, target, key, sha256, size_bytes, n_samples, metrics, upload_seconds
-        )
+        return _count(session, rt, target, key, received)
     except (Conflict, Gone):
         rt.store.delete(key)
         raise
 
 
 def _count(
-    session: Session,
-    rt: Runtime,
-    target: UploadTarget,
-    key: str,
-    sha256: str,
-    size_bytes: int,
-    n_samples: int,
-    metrics: dict[str, float],
-    upload_seconds: float,
+    session: Session, rt: Runtime, target: UploadTarget, key: str, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
     rnd = session.get_one(Round, target.round_id, with_for_update={"read": True})
     update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
     if update.status == UpdateStatus.ACCEPTED:
-        return _identical_retry(update, rnd, sha256), False
+        return _identical_retry(update, rnd, received.sha256), False
     _require_open(rnd, update)
     now = utcnow()
     accepted = rounds.transition(
@@ -138,17 +131,17 @@ def _count(
         update.id,
         UpdateStatus.PENDING,
         status=UpdateStatus.ACCEPTED,
-        n_samples=n_samples,
-        sha256=sha256,
-        size_bytes=size_bytes,
+        n_samples=received.n_samples,
+        sha256=received.sha256,
+        size_bytes=received.size_bytes,
         storage_key=key,
-        metrics=metrics,
-        upload_seconds=upload_seconds,
+        metrics=received.metrics,
+        upload_seconds=received.upload_seconds,
         accepted_at=now,
     )
     session.refresh(update)
     if not accepted:
-        return _identical_retry(update, rnd, sha256), False
+        return _identical_retry(update, rnd, received.sha256), False
     if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
         rounds.request_aggregation(session, rt, rnd, now)
     return update, True

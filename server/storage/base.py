@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -40,6 +43,18 @@ def validate_key(key: str) -> str:
         if segment.startswith("."):
             raise ValueError(f"store key {key!r} has a segment starting with '.' ({segment!r})")
     return key
+
+
+@contextlib.contextmanager
+def staging_file_in(directory: Path) -> Iterator[Path]:
+    """A fresh empty file in ``directory``; removed on exit unless it was consumed (moved)."""
+    fd, name = tempfile.mkstemp(dir=directory, suffix=".part")
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @runtime_checkable

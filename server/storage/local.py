@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 from server.errors import NotFound, ServiceUnavailable
-from server.storage.base import DEFAULT_CHUNK_SIZE, validate_key
+from server.storage.base import DEFAULT_CHUNK_SIZE, staging_file_in, validate_key
 
 STAGING_DIR = ".staging"
 
@@ -140,13 +140,6 @@ class LocalAdapterStore:
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise ServiceUnavailable(f"adapter store directory {directory} is not writable")
 
-    @contextlib.contextmanager
-    def staging_file(self) -> Iterator[Path]:
+    def staging_file(self) -> AbstractContextManager[Path]:
         """A fresh empty file in ``root/.staging``; removed on exit unless consumed."""
-        fd, name = tempfile.mkstemp(dir=self._staging, suffix=".part")
-        os.close(fd)
-        path = Path(name)
-        try:
-            yield path
-        finally:
-            path.unlink(missing_ok=True)
+        return staging_file_in(self._staging)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from server.errors import NotFound, ServiceUnavailable
-from server.storage.base import DEFAULT_CHUNK_SIZE, validate_key
+from server.storage.base import DEFAULT_CHUNK_SIZE, staging_file_in, validate_key
 
 _MISSING_KEY_CODES = {"404", "NoSuchKey", "NotFound"}
 
@@ -175,13 +175,6 @@ class S3AdapterStore:
         with self._errors():
             self._client.create_bucket(**kwargs)
 
-    @contextlib.contextmanager
-    def staging_file(self) -> Iterator[Path]:
+    def staging_file(self) -> AbstractContextManager[Path]:
         """A fresh empty file in the local staging directory; removed on exit unless consumed."""
-        fd, name = tempfile.mkstemp(dir=self._staging, suffix=".part")
-        os.close(fd)
-        path = Path(name)
-        try:
-            yield path
-        finally:
-            path.unlink(missing_ok=True)
+        return staging_file_in(self._staging)

@@ -95,17 +95,15 @@ async def upload_update(
         except (AdapterRejected, PayloadTooLarge) as exc:
             await run_in_threadpool(_reject, runtime, target.update_id, exc.message)
             raise
-        update, created = await run_in_threadpool(
-            _accept,
-            runtime,
-            target,
-            staged,
-            sha256,
-            size,
-            n_samples,
-            metrics,
-            time.perf_counter() - started,
+        received = uploads.ReceivedUpdate(
+            staged=staged,
+            sha256=sha256,
+            size_bytes=size,
+            n_samples=n_samples,
+            metrics=metrics,
+            upload_seconds=time.perf_counter() - started,
         )
+        update, created = await run_in_threadpool(_accept, runtime, target, received)
     body = UpdateOut.model_validate(update).model_dump(mode="json")
     return JSONResponse(body, status_code=201 if created else 200)
 
@@ -149,24 +147,7 @@ def _reject(runtime: Runtime, update_id: uuid.UUID, reason: str) -> None:
 
 
 def _accept(
-    runtime: Runtime,
-    target: uploads.UploadTarget,
-    staged: Path,
-    sha256: str,
-    size: int,
-    n_samples: int,
-    metrics: dict[str, float],
-    upload_seconds: float,
+    runtime: Runtime, target: uploads.UploadTarget, received: uploads.ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
     with session_scope(runtime.sessions) as session:
-        return uploads.accept_update(
-            session,
-            runtime,
-            target,
-            staged=staged,
-            sha256=sha256,
-            size_bytes=size,
-            n_samples=n_samples,
-            metrics=metrics,
-            upload_seconds=upload_seconds,
-        )
+        return uploads.accept_update(session, runtime, target, received)
