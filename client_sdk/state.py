@@ -155,14 +155,26 @@ class DeviceState:
         last = self.last_accepted()
         return last is not None and last.round >= round
 
-    def save_pending(self, round: int, update: bytes) -> str:
-        """Keep a trained, not yet accepted update for ``round``; returns its sha256."""
+    def save_pending(self, round: int, update: bytes, info: dict[str, Any] | None = None) -> str:
+        """Keep a trained, not yet accepted update for ``round``; returns its sha256.
+
+        ``info`` (JSON-serialisable: round id, n_samples, metrics, ...) is what a restarted
+        client needs to re-send the update; :meth:`pending_info` returns it.
+        """
         sha = hashlib.sha256(update).hexdigest()
         # Bytes first, then the JSON that points at them: a crash in between leaves an orphan
         # file that load_pending ignores because its sha does not match.
         _atomic_write(self.directory / _PENDING, update)
-        self._write_json(_PENDING_META, {"round": int(round), "sha256": sha})
+        self._write_json(
+            _PENDING_META, {"round": int(round), "sha256": sha, "info": dict(info or {})}
+        )
         return sha
+
+    def pending_info(self) -> dict[str, Any]:
+        """The ``info`` saved with the pending update ({} when there is none)."""
+        meta = self._read_json(_PENDING_META) or {}
+        info = meta.get("info")
+        return dict(info) if isinstance(info, dict) else {}
 
     def load_pending(self) -> tuple[int, bytes] | None:
         """``(round, update bytes)`` of the pending update, or None (also if it is torn)."""
@@ -202,6 +214,17 @@ class DeviceState:
         from safetensors.torch import load
 
         return load(path.read_bytes())
+
+    def save_private_bytes(self, data: bytes) -> None:
+        """Persist the device-only tensors already serialised as safetensors (no torch needed)."""
+        _atomic_write(self.directory / _PRIVATE, data)
+
+    def load_private_bytes(self) -> bytes | None:
+        """The persisted private tensors as safetensors bytes, or None if none were saved."""
+        try:
+            return (self.directory / _PRIVATE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def clear_private(self) -> None:
         """Delete the private tensors (e.g. when the job's rank for this client changed)."""

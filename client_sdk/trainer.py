@@ -216,6 +216,7 @@ class LoraTrainer:
         train_data: Data,
         val_data: Data | None = None,
         settings: TrainSettings,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> TrainResult:
         """Train one round locally; returns the shared update, the private tensors and metrics.
 
@@ -223,7 +224,7 @@ class LoraTrainer:
         "extra"}`` for RBLA, ``{"lora_A"}`` for FedSA, ``{"vera_lambda_d"}`` for FedSA-VeRA,
         ``{"lora_B", "extra"}`` with ``frozen_parts={"lora_A"}`` for FFA). Metrics:
         ``train_loss`` (mean over all steps), ``val_loss``, ``val_accuracy`` (when ``val_data``
-        is given), ``train_seconds`` and ``steps``.
+        is given), ``train_seconds`` and ``steps``. ``on_step(done, total)`` reports progress.
         """
         shared = check_parts("shared_parts", shared_parts, adapter_type)
         frozen = check_parts("frozen_parts", frozen_parts, adapter_type)
@@ -238,7 +239,7 @@ class LoraTrainer:
         )  # fmt: skip
         started = time.perf_counter()
         with self._seeded(settings.seed):
-            train_loss, steps = fit(model, x, y, settings)
+            train_loss, steps = fit(model, x, y, settings, on_step)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         metrics = {

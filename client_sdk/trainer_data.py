@@ -6,7 +6,7 @@ Only torch and numpy: the tasks import this without pulling in peft or transform
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -100,12 +100,17 @@ def evaluate_classifier(
 
 
 def fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[float, int]:
     """Train ``model``'s trainable parameters in place; returns (mean train loss, steps).
 
     Cross-entropy on the logits, ``settings.max_steps`` steps or ``settings.epochs`` passes,
     reshuffled every pass; raises FloatingPointError when the loss is not finite.
+    ``on_step(done, total)`` is called after every optimiser step (progress display).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -133,6 +138,8 @@ def fit(
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
             step += 1
+            if on_step is not None:
+                on_step(step, total)
             if step >= total:
                 break
     model.eval()

@@ -150,7 +150,50 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_job_show)
     for sub in (create, listing, show):
         _add_server_options(sub)
+
+    # These commands' options live with their code; those modules import nothing heavy at
+    # the top (numpy, httpx, torch only inside functions), so building the parser stays
+    # cheap and works on the base install.
+    client = commands.add_parser("client", help="take part in a job with your own data")
+    _lazy("client_sdk.cli", "add_arguments")(client)
+    simulate = commands.add_parser(
+        "simulate", help="run N simulated clients on a built-in task against a coordinator"
+    )
+    _lazy("client_sdk.simulate", "add_arguments")(simulate)
+    simulate.set_defaults(handler=_lazy_handler("client_sdk.simulate", "main"))
+    demo = commands.add_parser(
+        "demo", help="start a coordinator, run a simulated federated job, print the results"
+    )
+    _lazy("server.demo", "add_arguments")(demo)
+    demo.set_defaults(handler=_lazy_handler("server.demo", "main"))
+    worker = commands.add_parser(
+        "worker", help="run a Celery aggregation worker (production; needs FLAAS_BROKER_URL)"
+    )
+    _lazy("server.worker_cli", "add_worker_arguments")(worker)
+    worker.set_defaults(handler=_lazy_handler("server.worker_cli", "run_worker"))
+    beat = commands.add_parser(
+        "beat", help="run Celery beat: the periodic deadline check (with FLAAS_BROKER_URL)"
+    )
+    _lazy("server.worker_cli", "add_beat_arguments")(beat)
+    beat.set_defaults(handler=_lazy_handler("server.worker_cli", "run_beat"))
     return parser
+
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    import importlib
+
+    function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return function
+
+
+def _lazy_handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports ``module`` only when the command actually runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        result: int = _lazy(module, name)(args)
+        return result
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -43,7 +44,53 @@ class Settings(BaseSettings):
     max_metrics_bytes: int = Field(default=4096, ge=64)
     max_clients_per_job: int = Field(default=10_000, ge=1)
     max_page_size: int = Field(default=500, ge=1)
-    scheduler_interval_s: float = Field(default=1.0, gt=0, le=60)
+    scheduler_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between deadline checks (embedded scheduler thread or Celery beat).",
+    )
+
+    # Aggregation workers (server.tasks): limits and sharding.
+    aggregation_time_limit_s: int = Field(
+        default=900,
+        ge=2,
+        le=86_400,
+        description="Hard time limit of one aggregation task (the soft limit is 90 % of it); "
+        "the Redis visibility timeout is derived from it (x1.1 + 1 s).",
+    )
+    aggregation_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Worker losses (crash, OOM kill) tolerated per aggregation step before its "
+        "round is failed instead of redelivered again.",
+    )
+    shard_threshold_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1,
+        description="A round whose accepted updates exceed this many bytes is aggregated in "
+        "shards (module groups x client groups), each reading about this much at most.",
+    )
+    shard_modules: int = Field(
+        default=4, ge=1, le=256, description="Most module groups a sharded round is split into."
+    )
+    shard_max: int = Field(
+        default=64, ge=1, le=4096, description="Most shards (tasks) one round is split into."
+    )
+    test_aggregation_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="TEST ONLY (fault-injection tests): seconds an aggregation sleeps after "
+        "reading each update, so a worker can be killed mid-aggregation. Must be 0 in production.",
+    )
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_broker_is_none(cls, value: object) -> object:
+        # FLAAS_BROKER_URL= (set but empty, as compose files do) means "no broker".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("operator_keys", mode="before")
     @classmethod
@@ -73,6 +120,12 @@ class Settings(BaseSettings):
         if any(len(k) < 16 for k in self.operator_keys) and self.environment != "development":
             raise ValueError("operator keys must be at least 16 characters outside development")
         return self
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Redis redelivers an unacknowledged task after this long: above the time limit, so a
+        running aggregation is never handed to a second worker."""
+        return math.ceil(self.aggregation_time_limit_s * 1.1) + 1
 
 
 @lru_cache

@@ -1,8 +1,9 @@
 """The embedded worker: aggregation and deadlines inside the coordinator process.
 
 Used when no broker is configured (the zero-configuration default): the same task
-body (``services.aggregation.aggregate_round``) runs on a background thread, and a
-scheduler thread applies deadlines every ``scheduler_interval_s``.
+bodies that the Celery tasks wrap (``services.aggregation``: ``aggregate_round``,
+``aggregate_shard``, ``combine_round``) run on a background thread, and a scheduler thread
+applies deadlines every ``scheduler_interval_s`` (what Celery beat does with a broker).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from server.db.models import utcnow
 from server.db.session import session_scope
-from server.services import rounds
-from server.services.aggregation import aggregate_round
+from server.services import rounds, sharding
+from server.services.aggregation import aggregate_round, aggregate_shard, combine_round
 from server.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,19 +34,36 @@ class EmbeddedWorker:
 
     def dispatch(self, round_id: uuid.UUID) -> None:
         """Queue the aggregation of a round (called after the transition commits)."""
-        self._pool.submit(self._aggregate, round_id)
+        attempt = uuid.uuid4().hex  # one per dispatch, like a Celery task id
+        self._submit(lambda rt: aggregate_round(rt, round_id, attempt=attempt), round_id)
 
-    def _aggregate(self, round_id: uuid.UUID) -> None:
+    __call__ = dispatch
+
+    def shard(self, round_id: uuid.UUID, index: int) -> None:
+        """Queue one shard of a sharded round (``services.sharding.StepDispatch``)."""
+        attempt = uuid.uuid4().hex
+        self._submit(lambda rt: aggregate_shard(rt, round_id, index, attempt=attempt), round_id)
+
+    def combine(self, round_id: uuid.UUID) -> None:
+        """Queue the combine step of a sharded round."""
+        self._submit(lambda rt: combine_round(rt, round_id), round_id)
+
+    def _submit(self, step: Callable[[Runtime], None], round_id: uuid.UUID) -> None:
+        self._pool.submit(self._run, step, round_id)
+
+    def _run(self, step: Callable[[Runtime], None], round_id: uuid.UUID) -> None:
         assert self._runtime is not None
         try:
-            aggregate_round(self._runtime, round_id)
-        except Exception:  # a bug; the scheduler's recovery retries it on restart
+            step(self._runtime)
+        except Exception:  # a bug; the stale-aggregation check or a restart retries it
             log.exception("aggregation of round %s crashed", round_id)
 
     def start(self, runtime: Runtime) -> None:
         """Re-queue unfinished aggregations, then start applying deadlines."""
         self._runtime = runtime
         with session_scope(runtime.sessions) as session:
+            # This process is the only worker of its database: claims left running are dead.
+            sharding.release_claims(session)
             stuck = rounds.recover(session, runtime)
         if stuck:
             log.info("re-queued %d round(s) left aggregating", stuck)
@@ -58,7 +78,7 @@ class EmbeddedWorker:
         while not self._stop.wait(interval):
             try:
                 with session_scope(self._runtime.sessions) as session:
-                    rounds.tick(session, self._runtime)
+                    sharding.periodic_check(session, self._runtime, utcnow())
             except Exception:
                 log.exception("deadline check failed; retrying in %.1f s", interval)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from server.api import errors
-from server.api.routes import clients, health, jobs, rounds
+from server.api.routes import clients, health, jobs, metrics, rounds
 from server.config import Settings, get_settings
-from server.db.session import make_engine, make_session_factory
+from server.dashboard import routes as dashboard
+from server.db.session import make_engine, make_session_factory, session_scope
 from server.embedded import EmbeddedWorker
+from server.services import rounds as round_service
 from server.services.runtime import Runtime
 from server.storage import open_store
 
@@ -27,29 +30,54 @@ safetensors (see docs/upload-contract.md); everything else is JSON.
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the coordinator. With no broker configured it aggregates in-process."""
+    """Build the coordinator.
+
+    With no broker configured it aggregates in-process and applies deadlines itself
+    (``EmbeddedWorker``). With ``broker_url`` set it only sends aggregation tasks: Celery
+    workers aggregate (``flaas worker``) and Celery beat applies deadlines (``flaas beat``,
+    or ``flaas worker --beat``).
+    """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
-    worker = EmbeddedWorker()
+    worker: EmbeddedWorker | None = None
+    dispatch: Any
+    if settings.broker_url is None:
+        dispatch = worker = EmbeddedWorker()
+    else:
+        # Imported only here: an embedded coordinator needs no Celery.
+        from server.tasks.config import make_celery
+        from server.tasks.dispatch import CeleryDispatch
+
+        dispatch = CeleryDispatch(make_celery(settings))
     runtime = Runtime(
         settings=settings,
         sessions=make_session_factory(engine),
         store=open_store(settings.storage_url),
-        dispatch=worker.dispatch,
+        dispatch=dispatch,
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        worker.start(runtime)
+        if worker is not None:
+            worker.start(runtime)
+        else:
+            # Re-queue rounds a previous coordinator left aggregating (its publish may have
+            # been lost); a duplicate of a running aggregation finds it claimed and returns.
+            with session_scope(runtime.sessions) as session:
+                round_service.recover(session, runtime)
         log.info(
-            "coordinator ready: database %s, storage %s",
+            "coordinator ready: database %s, storage %s, aggregation %s",
             engine.url.render_as_string(),
             settings.storage_url,
+            "embedded" if worker is not None else "by Celery workers",
         )
         try:
             yield
         finally:
-            worker.stop()
+            if worker is not None:
+                worker.stop()
+            else:
+                dispatch.close()
             engine.dispose()
 
     app = FastAPI(
@@ -60,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     errors.install(app)
-    for module in (health, jobs, clients, rounds):
+    for module in (health, jobs, clients, rounds, metrics):
         app.include_router(module.router)
+    dashboard.install(app)
     return app

@@ -8,10 +8,15 @@ import torch
 from safetensors.torch import load_file, save
 
 
-def save_adapter(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialise an adapter (contiguous CPU copies; safetensors refuses shared storage)."""
+def save_adapter(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Serialise an adapter (contiguous CPU copies; safetensors refuses shared storage).
+
+    The bytes depend on the tensors only, so equal adapters have equal SHA-256: the
+    metadata is the single ``format`` entry, because safetensors writes several metadata
+    entries in an arbitrary order.
+    """
     clean = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}
-    return save(clean, metadata={"format": "pt", **(metadata or {})})
+    return save(clean, metadata={"format": "pt"})
 
 
 def load_adapter(path: Path) -> dict[str, torch.Tensor]:

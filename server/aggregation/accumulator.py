@@ -9,6 +9,7 @@ exactly), and the final division happens once, in :meth:`Accumulator.result`.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -64,6 +65,10 @@ class Accumulator:
         self._den: dict[str, float] = defaultdict(float)
         self._coverage = torch.zeros(self._rank, dtype=torch.int64)
         self._views: dict[tuple[str, int], torch.Tensor] = {}
+        # Contiguous per-rank buffers for column-sliced (B) numerators, flushed into _num
+        # before anything reads it: adding a (d_out, r) update into the strided view
+        # num[:, :r] costs two to three times a contiguous add.
+        self._side: dict[tuple[str, int], torch.Tensor] = {}
         self._plans: dict[tuple, dict[str, tuple[list[str], list[torch.Tensor], bool]]] = {}
         self.num_updates = 0
         self.total_samples = 0
@@ -132,11 +137,26 @@ class Accumulator:
             self._num[key] = torch.zeros(full_shape(kind, tail, self._rank), dtype=torch.float32)
         num = self._num[key]
         dim = SLICE_DIM[kind]
-        view = num if dim is None else num.narrow(dim, 0, rank)
+        if dim is None:
+            view = num
+        elif dim == num.ndim - 1 and rank < self._rank and num.ndim > 1:
+            view = self._side[(key, rank)] = torch.zeros(
+                full_shape(kind, tail_shape(kind, tuple(num.shape)), rank), dtype=torch.float32
+            )
+        else:
+            view = num.narrow(dim, 0, rank)
         self._views[(key, rank)] = view
         return view
 
+    def _flush(self) -> None:
+        """Fold the per-rank B buffers into the rank-R numerators (and zero them for reuse)."""
+        for (key, rank), side in self._side.items():
+            self._num[key].narrow(side.ndim - 1, 0, rank).add_(side)
+            side.zero_()
+
     def _grow(self, rank: int) -> None:
+        self._flush()
+        self._side.clear()
         for key, num in self._num.items():
             dim = SLICE_DIM[classify(key)[0]]
             if dim is not None:
@@ -155,6 +175,8 @@ class Accumulator:
                 f"cannot merge a {other.strategy.name!r} accumulator into a "
                 f"{self.strategy.name!r} one"
             )
+        self._flush()
+        other._flush()
         if other._rank != self._rank:
             if not self._growable or other._rank < self._rank:
                 raise AggregationError(
@@ -200,6 +222,7 @@ class Accumulator:
         The previous global adapter is not included: pass it again to
         ``Strategy.accumulator_from_state`` (or merge into an accumulator that has it).
         """
+        self._flush()
         out: Tensors = {
             _COUNTS: torch.tensor([self.num_updates, self.total_samples], dtype=torch.int64),
             _COVERAGE: self._coverage.clone(),
@@ -245,6 +268,7 @@ class Accumulator:
     # ------------------------------------------------------------------ the result
     def result(self) -> Tensors:
         """The new global adapter (rank R, float32, contiguous, previous keys preserved)."""
+        self._flush()
         self._check_finite_sums()
         out = self._previous_copy()
         for key, num in self._num.items():
@@ -265,7 +289,9 @@ class Accumulator:
     def _check_finite_sums(self) -> None:
         # Safety net for updates added with check_finite=False: never publish NaN/inf.
         for key, num in self._num.items():
-            if not bool(torch.isfinite(num).all()):
+            # One reduction instead of an elementwise mask: any NaN/inf makes the sum
+            # non-finite (float32 overflow of finite sums would need values near 1e38).
+            if not math.isfinite(float(num.sum())):
                 raise AggregationError(
                     "the aggregate is not finite: an update with NaN/inf values was added "
                     "without validation (run Strategy.validate on the batch to find it)",
@@ -273,8 +299,13 @@ class Accumulator:
                 )
 
     def _previous_copy(self) -> Tensors:
+        # Keys with a numerator are recomputed by result(): copy only the others.
         prev = self._previous or {}
-        return {k: v.detach().to(torch.float32, copy=True).contiguous() for k, v in prev.items()}
+        return {
+            k: v.detach().to(torch.float32, copy=True).contiguous()
+            for k, v in prev.items()
+            if k not in self._num
+        }
 
     def _restore_uncovered(self, key: str, dim: int, div: torch.Tensor, res: torch.Tensor) -> None:
         if self.strategy.uncovered != "keep" or not self._previous or key not in self._previous:

@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
+from server.dashboard.auth import session_is_valid
 from server.db.models import Client
 from server.db.session import session_scope
 from server.errors import Unauthorized
@@ -49,8 +51,14 @@ def bearer_token(credentials: Bearer) -> str:
 BearerToken = Annotated[str, Depends(bearer_token)]
 
 
-def require_operator(token: BearerToken, runtime: RuntimeDep) -> None:
-    if not matches_any(token, runtime.settings.operator_keys):
+def require_operator(credentials: Bearer, runtime: RuntimeDep, request: Request) -> None:
+    """The operator key as a Bearer token, or a dashboard session cookie issued for it."""
+    keys = runtime.settings.operator_keys
+    if credentials is None or not credentials.credentials:
+        if session_is_valid(request.cookies.get(SESSION_COOKIE), keys):
+            return
+        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+    if not matches_any(credentials.credentials, keys):
         raise Unauthorized("invalid operator key")
 
 

@@ -1,4 +1,4 @@
-"""Tables of the coordinator: Job, Client, Round, ClientUpdate, GlobalAdapter.
+"""Tables of the coordinator: Job, Client, Round, ClientUpdate, GlobalAdapter, AggregationShard.
 
 Types are portable (SQLite and Postgres): UUID primary keys, JSON columns (JSONB on
 Postgres), timezone-aware timestamps and string enums checked by the application.
@@ -225,3 +225,35 @@ class GlobalAdapter(Base):
     n_updates: Mapped[int] = mapped_column(Integer, nullable=False)
     total_samples: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class ShardStatus(enum.StrEnum):
+    PENDING = "pending"  # planned, not claimed by a worker yet
+    RUNNING = "running"  # claimed (``claimed_by``/``claimed_at``: the lease)
+    DONE = "done"  # its partial sums are stored (or, unsharded, the round is closed)
+
+
+class AggregationShard(Base):
+    """One step of a round's aggregation: the whole round (one shard) or one cell of the grid
+    module groups x client groups. The combine step is driven by these rows' status."""
+
+    __tablename__ = "aggregation_shards"
+
+    round_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module_group: Mapped[int] = mapped_column(Integer, nullable=False)
+    module_groups: Mapped[int] = mapped_column(Integer, nullable=False)
+    client_group: Mapped[int] = mapped_column(Integer, nullable=False)
+    client_groups: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = _status(ShardStatus)
+    # Deliveries that claimed this shard; a worker lost mid-step leaves it counted.
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    storage_key: Mapped[str | None] = mapped_column(String(400))
+    # Timings and sizes of this step (seconds, read_seconds, bytes_in, updates).
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

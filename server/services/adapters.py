@@ -57,12 +57,7 @@ def client_adapter_key(session: Session, rt: Runtime, client: Client, round_id: 
         with rt.store.local_path(source.storage_key) as path:
             global_tensors = load_file(str(path))
         tensors = strategy_for(job).distribute(global_tensors, rank, scale)
-        rt.store.put_bytes(
-            key,
-            save_adapter(
-                tensors, {"job": str(job.id), "round": str(rnd.number - 1), "rank": str(rank)}
-            ),
-        )
+        rt.store.put_bytes(key, save_adapter(tensors))
     return key
 
 

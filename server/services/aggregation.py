@@ -1,9 +1,15 @@
-"""The aggregation of one round: the task body that workers (embedded or Celery) run.
+"""The aggregation of one round: the task bodies that workers (embedded or Celery) run.
 
-It is idempotent: it only acts on a round in ``aggregating``, writes the global
-adapter under a deterministic key, and closes the round with a compare-and-set, so a
-duplicate or redelivered run does no harm. Updates are streamed one at a time into the
-strategy's accumulator: memory is one adapter, whatever the number of clients.
+Each is idempotent: it only acts on a round in ``aggregating``, claims its step
+(``services.sharding``) so that a duplicate delivery returns at once, writes its output under a
+deterministic key, and closes the round with a compare-and-set, so a duplicate, redelivered or
+concurrent run does no harm. Updates are streamed one at a time into the strategy's
+accumulator: memory is one adapter, whatever the number of clients.
+
+* ``aggregate_round``: the entry step. A small round is aggregated right here; a large one
+  (see ``sharding.plan_for``) queues its shard steps.
+* ``aggregate_shard``: partial sums of one module group over one client group.
+* ``combine_round``: merges the partial sums once every shard is done (the last shard queues it).
 """
 
 from __future__ import annotations
@@ -13,23 +19,39 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from server.aggregation import AggregationError, ClientUpdate
+from server.aggregation import Accumulator, AggregationError, ClientUpdate
+from server.db.models import (
+    AggregationShard,
+    GlobalAdapter,
+    Job,
+    Round,
+    RoundStatus,
+    ShardStatus,
+    UpdateStatus,
+    utcnow,
+)
 from server.db.models import ClientUpdate as UpdateRow
-from server.db.models import GlobalAdapter, Job, Round, RoundStatus, UpdateStatus, utcnow
-from server.db.session import session_scope
+from server.db.session import after_commit, session_scope
 from server.errors import NotFound
-from server.services import rounds
+from server.services import rounds, sharding
 from server.services.adapters import starting_adapter
 from server.services.runtime import Runtime
-from server.services.strategies import client_scale, strategy_for
-from server.storage import global_key
+from server.services.strategies import client_scale, modules_of, spec_of, strategy_for
+from server.storage import global_key, partial_key
 from server.tensors import load_adapter, save_adapter
 
 log = logging.getLogger(__name__)
+
+# Bad data or a bad spec, not a bad worker: the round fails with the reason, never retried.
+FAILURES = (AggregationError, SafetensorError, NotFound, OSError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -40,38 +62,168 @@ class _Work:
     updates: list[tuple[uuid.UUID, str, int, int]]  # client id, key, n_samples, rank
 
 
-def aggregate_round(rt: Runtime, round_id: uuid.UUID) -> None:
-    """Aggregate round ``round_id`` if it is still aggregating; otherwise return at once."""
+def aggregate_round(rt: Runtime, round_id: uuid.UUID, *, attempt: str | None = None) -> None:
+    """Aggregate round ``round_id`` if it is still aggregating; otherwise return at once.
+
+    ``attempt`` identifies the delivery (the Celery task id, identical on redelivery).
+    """
+    attempt = attempt or uuid.uuid4().hex
+    now = utcnow()
     with session_scope(rt.sessions) as session:
-        rnd = session.get(Round, round_id)
-        if rnd is None or rnd.status != RoundStatus.AGGREGATING:
-            log.info(
-                "round %s is not aggregating (%s): nothing to do", round_id, rnd and rnd.status
-            )
+        rnd = _aggregating(session, round_id)
+        if rnd is None:
             return
-        rows = session.execute(
-            select(UpdateRow.client_id, UpdateRow.storage_key, UpdateRow.n_samples, UpdateRow.rank)
-            .where(UpdateRow.round_id == round_id, UpdateRow.status == UpdateStatus.ACCEPTED)
-            .order_by(UpdateRow.client_id)
-        ).all()
-        work = _Work(
-            job=session.get_one(Job, rnd.job_id),
-            number=rnd.number,
-            previous_key=starting_adapter(session, rnd.job_id, rnd.number).storage_key,
-            updates=[(c, k, n, r) for c, k, n, r in rows],
-        )
+        job = session.get_one(Job, rnd.job_id)
+        shards = sharding.ensure_plan(session, rt, rnd, len(spec_of(job).modules))
+        if len(shards) > 1:
+            sharding.dispatch_steps(session, rt, round_id, shards, now)
+            return
+        if not _claimed(session, rt, rnd, shards[0], attempt, now):
+            return
+        work = _load_work(session, rnd, job)
     try:
         adapter, stats = _compute(rt, work)
-    except (AggregationError, SafetensorError, NotFound, OSError, ValueError) as exc:
-        reason = f"aggregation failed: {exc}"
-        with session_scope(rt.sessions) as session:
-            rounds.fail_round(session, round_id, reason, utcnow())
-        log.error("round %s: %s", round_id, reason)
+    except FAILURES as exc:
+        _fail(rt, round_id, exc)
         return
     with session_scope(rt.sessions) as session:
         adapter.round_id = round_id
         if not rounds.close_round(session, round_id, adapter, stats, utcnow()):
             log.info("round %s was closed by another worker", round_id)
+            return
+        shard = session.get_one(AggregationShard, (round_id, 0))
+        sharding.finish(session, shard, utcnow(), _step_stats(stats))
+
+
+def aggregate_shard(
+    rt: Runtime, round_id: uuid.UUID, index: int, *, attempt: str | None = None
+) -> None:
+    """Store the partial sums of shard ``index``; the last shard to finish queues the combine."""
+    attempt = attempt or uuid.uuid4().hex
+    now = utcnow()
+    with session_scope(rt.sessions) as session:
+        rnd = _aggregating(session, round_id)
+        shard = session.get(AggregationShard, (round_id, index)) if rnd else None
+        if rnd is None or shard is None:
+            return
+        if not _claimed(session, rt, rnd, shard, attempt, now):
+            _combine_when_complete(session, rt, round_id)  # a lost "last shard" message
+            return
+        job = session.get_one(Job, rnd.job_id)
+        work = _load_work(session, rnd, job)
+        cell = (shard.module_group, shard.module_groups, shard.client_group, shard.client_groups)
+    try:
+        blob, stats = _compute_partial(rt, work, *cell)
+        key = partial_key(work.job.id, work.number, index)
+        rt.store.put_bytes(key, blob)
+    except FAILURES as exc:
+        _fail(rt, round_id, exc)
+        return
+    with session_scope(rt.sessions) as session:
+        session.get(Round, round_id, with_for_update=True)  # serialises "am I the last one?"
+        shard = session.get_one(AggregationShard, (round_id, index), populate_existing=True)
+        sharding.finish(session, shard, utcnow(), stats, key)
+        _combine_when_complete(session, rt, round_id)
+
+
+def combine_round(rt: Runtime, round_id: uuid.UUID) -> None:
+    """Merge the shards' partial sums into the global adapter and close the round."""
+    with session_scope(rt.sessions) as session:
+        rnd = _aggregating(session, round_id)
+        if rnd is None:
+            return
+        shards = sharding.shards_of(session, round_id)
+        if not shards or any(s.status != ShardStatus.DONE for s in shards):
+            log.info("round %s: shards not all done; the last one queues the combine", round_id)
+            return
+        work = _load_work(session, rnd, session.get_one(Job, rnd.job_id))
+        partials = [(s.module_group, s.module_groups, s.storage_key or "") for s in shards]
+        shard_stats = [s.stats or {} for s in shards]
+    try:
+        adapter, stats = _combine(rt, work, partials, shard_stats)
+    except FAILURES as exc:
+        _fail(rt, round_id, exc)
+        return
+    with session_scope(rt.sessions) as session:
+        adapter.round_id = round_id
+        if not rounds.close_round(session, round_id, adapter, stats, utcnow()):
+            log.info("round %s was closed by another worker", round_id)
+            return
+        after_commit(session, lambda: _delete([key for _, _, key in partials], rt))
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _delete(keys: list[str], rt: Runtime) -> None:
+    for key in keys:  # partial sums are worthless once the round is closed
+        rt.store.delete(key)
+
+
+def _aggregating(session: Session, round_id: uuid.UUID) -> Round | None:
+    # The row lock serialises the entry, shard and combine steps of one round (on Postgres;
+    # SQLite transactions are serialised anyway by BEGIN IMMEDIATE).
+    rnd = session.get(Round, round_id, with_for_update=True, populate_existing=True)
+    if rnd is None or rnd.status != RoundStatus.AGGREGATING:
+        log.info("round %s is not aggregating (%s): nothing to do", round_id, rnd and rnd.status)
+        return None
+    return rnd
+
+
+def _claimed(
+    session: Session, rt: Runtime, rnd: Round, shard: AggregationShard, attempt: str, now: datetime
+) -> bool:
+    outcome = sharding.claim(session, rt, shard, attempt, now)
+    if outcome == sharding.EXHAUSTED:
+        rounds.fail_round(session, rnd.id, sharding.exhausted_reason(rt, shard), utcnow())
+        log.error("round %s: %s", rnd.id, sharding.exhausted_reason(rt, shard))
+    elif outcome != sharding.CLAIMED:
+        log.info("round %s step %d is %s: nothing to do", rnd.id, shard.index, outcome)
+    return outcome == sharding.CLAIMED
+
+
+def _combine_when_complete(session: Session, rt: Runtime, round_id: uuid.UUID) -> None:
+    steps = rt.dispatch
+    shards = sharding.shards_of(session, round_id)
+    if isinstance(steps, sharding.StepDispatch) and all(
+        s.status == ShardStatus.DONE for s in shards
+    ):
+        after_commit(session, lambda: steps.combine(round_id))
+
+
+def _load_work(session: Session, rnd: Round, job: Job) -> _Work:
+    rows = session.execute(
+        select(UpdateRow.client_id, UpdateRow.storage_key, UpdateRow.n_samples, UpdateRow.rank)
+        .where(UpdateRow.round_id == rnd.id, UpdateRow.status == UpdateStatus.ACCEPTED)
+        .order_by(UpdateRow.client_id)
+    ).all()
+    return _Work(
+        job=job,
+        number=rnd.number,
+        previous_key=starting_adapter(session, rnd.job_id, rnd.number).storage_key,
+        updates=[(c, k or "", n or 0, r) for c, k, n, r in rows],
+    )
+
+
+def _fail(rt: Runtime, round_id: uuid.UUID, exc: Exception) -> None:
+    reason = f"aggregation failed: {exc}"
+    with session_scope(rt.sessions) as session:
+        rounds.fail_round(session, round_id, reason, utcnow())
+    log.error("round %s: %s", round_id, reason)
+
+
+def _step_stats(stats: dict[str, object]) -> dict[str, object]:
+    return {k: stats[k] for k in ("seconds", "read_seconds", "bytes_in", "updates")}
+
+
+def _client_update(
+    work: _Work, row: tuple[uuid.UUID, str, int, int], tensors: dict
+) -> ClientUpdate:
+    client_id, _key, n_samples, rank = row
+    return ClientUpdate(
+        tensors=tensors,
+        num_samples=n_samples,
+        scale=client_scale(work.job, rank),
+        client_id=str(client_id),
+    )
 
 
 def _compute(rt: Runtime, work: _Work) -> tuple[GlobalAdapter, dict[str, object]]:
@@ -82,27 +234,101 @@ def _compute(rt: Runtime, work: _Work) -> tuple[GlobalAdapter, dict[str, object]
     accumulator = strategy.accumulator(previous)
     read_s = 0.0
     bytes_in = 0
-    for client_id, key, n_samples, rank in work.updates:
+    for row in work.updates:
         t0 = time.perf_counter()
-        with rt.store.local_path(key) as path:
+        with rt.store.local_path(row[1]) as path:
             bytes_in += path.stat().st_size
             tensors = load_adapter(path)
         read_s += time.perf_counter() - t0
-        accumulator.add(
-            ClientUpdate(
-                tensors=tensors,
-                num_samples=n_samples,
-                scale=client_scale(work.job, rank),
-                client_id=str(client_id),
-            ),
-            # Every value was checked finite when the upload was accepted.
-            check_finite=False,
-        )
-    result = accumulator.result()
-    blob = save_adapter(result, {"job": str(work.job.id), "round": str(work.number)})
+        sharding.pause_for_tests(rt)
+        # Every value was checked finite when the upload was accepted.
+        accumulator.add(_client_update(work, row, tensors), check_finite=False)
+    stats: dict[str, object] = {"read_seconds": round(read_s, 6), "bytes_in": bytes_in}
+    return _publish(rt, work, accumulator.result(), accumulator, started, stats)
+
+
+def _compute_partial(
+    rt: Runtime, work: _Work, group: int, groups: int, clients: int, client_groups: int
+) -> tuple[bytes, dict[str, object]]:
+    started = time.perf_counter()
+    strategy = strategy_for(work.job)
+    assignment = sharding.module_group_of(modules_of(spec_of(work.job)), groups)
+
+    def mine(key: str) -> bool:
+        return sharding.owner_of(key, assignment) == group
+
+    with rt.store.local_path(work.previous_key) as path:
+        previous, _ = sharding.read_tensors(path, mine)
+    accumulator = strategy.accumulator(previous)
+    read_s = 0.0
+    bytes_in = 0
+    for row in work.updates[sharding.client_slice(len(work.updates), clients, client_groups)]:
+        t0 = time.perf_counter()
+        with rt.store.local_path(row[1]) as path:
+            tensors, size = sharding.read_tensors(path, mine)
+        bytes_in += size
+        read_s += time.perf_counter() - t0
+        sharding.pause_for_tests(rt)
+        accumulator.add(_client_update(work, row, tensors), check_finite=False)
+    blob = save_adapter(accumulator.state())
+    return blob, {
+        "seconds": round(time.perf_counter() - started, 6),
+        "read_seconds": round(read_s, 6),
+        "bytes_in": bytes_in,
+        "updates": accumulator.num_updates,
+    }
+
+
+def _combine(
+    rt: Runtime,
+    work: _Work,
+    partials: list[tuple[int, int, str]],
+    shard_stats: list[dict[str, Any]],
+) -> tuple[GlobalAdapter, dict[str, object]]:
+    started = time.perf_counter()
+    strategy = strategy_for(work.job)
+    modules = modules_of(spec_of(work.job))
+    with rt.store.local_path(work.previous_key) as path:
+        previous = load_adapter(path)
+    merged: dict[int, Accumulator] = {}
+    for group, groups, key in partials:
+        assignment = sharding.module_group_of(modules, groups)
+        mine = {k: v for k, v in previous.items() if sharding.owner_of(k, assignment) == group}
+        with rt.store.local_path(key) as path:
+            part = strategy.accumulator_from_state(load_file(str(path)), mine)
+        if group in merged:
+            merged[group].merge(part)
+        else:
+            merged[group] = part
+    result: dict = {}
+    for group in sorted(merged):  # per-module strategies: the groups' results are disjoint
+        result.update(merged[group].result())
+
+    def total(name: str) -> float:
+        return sum(float(s.get(name, 0)) for s in shard_stats)
+
+    stats: dict[str, object] = {
+        "read_seconds": round(total("read_seconds"), 6),
+        "bytes_in": int(total("bytes_in")),
+        "shards": len(partials),
+        "shard_seconds": round(total("seconds"), 6),
+    }
+    return _publish(rt, work, result, merged[0], started, stats)
+
+
+def _publish(
+    rt: Runtime,
+    work: _Work,
+    result: dict,
+    accumulator: Accumulator,
+    started: float,
+    stats: dict[str, object],
+) -> tuple[GlobalAdapter, dict[str, object]]:
+    # No job/round metadata: safetensors writes a multi-key metadata map in random order, and
+    # the bytes (sha256) of a round's adapter must not depend on which worker wrote it.
+    blob = save_adapter(result)
     key = global_key(work.job.id, work.number)
     rt.store.put_bytes(key, blob)
-    total_s = time.perf_counter() - started
     adapter = GlobalAdapter(
         storage_key=key,
         sha256=hashlib.sha256(blob).hexdigest(),
@@ -111,12 +337,10 @@ def _compute(rt: Runtime, work: _Work) -> tuple[GlobalAdapter, dict[str, object]
         n_updates=accumulator.num_updates,
         total_samples=accumulator.total_samples,
     )
-    stats: dict[str, object] = {
-        "seconds": round(total_s, 6),
-        "read_seconds": round(read_s, 6),
-        "bytes_in": bytes_in,
+    return adapter, {
+        "seconds": round(time.perf_counter() - started, 6),
+        **stats,
         "bytes_out": len(blob),
         "updates": accumulator.num_updates,
         "coverage": [float(c) for c in accumulator.coverage()],
     }
-    return adapter, stats

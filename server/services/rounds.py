@@ -80,7 +80,7 @@ def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
     initial = strategy_for(job).initial_adapter(
         modules_of(spec), rank=job.r_max, seed=job.seed, extra=extra_of(spec)
     )
-    blob = save_adapter(initial, {"job": str(job.id), "round": "0"})
+    blob = save_adapter(initial)
     key = global_key(job.id, 0)
     rt.store.put_bytes(key, blob)
     round0 = Round(

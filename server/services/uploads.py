@@ -101,8 +101,9 @@ def accept_update(
 ) -> tuple[ClientUpdate, bool]:
     """Store a validated upload and count it; returns (update, created).
 
-    The round row is share-locked so that it cannot start aggregating between the
-    status check and the acceptance (SQLite serialises whole transactions instead).
+    The round row is locked for update: it cannot start aggregating between the status
+    check and the acceptance, and two last uploads cannot each miss the other when they
+    count the accepted updates (SQLite serialises whole transactions instead).
     """
     # The key is content-addressed, so the blob can be stored before the locks are
     # taken: a retry writes the same bytes to the same key, and a refused upload's
@@ -119,7 +120,7 @@ def accept_update(
 def _count(
     session: Session, rt: Runtime, target: UploadTarget, key: str, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
-    rnd = session.get_one(Round, target.round_id, with_for_update={"read": True})
+    rnd = session.get_one(Round, target.round_id, with_for_update=True)
     update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
     if update.status == UpdateStatus.ACCEPTED:
         return _identical_retry(update, rnd, received.sha256), False

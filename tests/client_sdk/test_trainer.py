@@ -181,8 +181,8 @@ def test_ffa_keeps_frozen_a_bit_identical(trainer, data, monkeypatch):
     seen = {}
     original_fit = trainer_module.fit
 
-    def spy(model, x, y, settings):
-        out = original_fit(model, x, y, settings)
+    def spy(model, x, y, settings, *args, **kwargs):
+        out = original_fit(model, x, y, settings, *args, **kwargs)
         from peft import get_peft_model_state_dict
 
         seen.update({k: v.clone() for k, v in get_peft_model_state_dict(model).items()})

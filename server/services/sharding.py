@@ -1,0 +1,306 @@
+"""The steps of a round's aggregation: plan, claim lease, sharded partial sums, combine.
+
+Every aggregating round gets a plan: ``AggregationShard`` rows, one per cell of the grid
+*module groups x client groups*. A small round has one cell, aggregated in one step by
+``services.aggregation.aggregate_round``. A round whose accepted updates exceed
+``shard_threshold_bytes`` is split: each shard task reads only its modules' tensors
+(``safe_open``) of only its clients, folds them into a strategy accumulator restricted to those
+modules, and stores ``accumulator.state()`` under ``partial_key``. The shard that finishes last
+(decided under the round's row lock) queues the combine step, which merges the client-group
+partials of each module group and concatenates the groups' results: exact, because every
+strategy aggregates each module (and each shared extra tensor) independently.
+
+The rows are also the claim lease that makes redelivery safe: a step is claimed by one
+delivery (``claimed_by``); a duplicate message finds it claimed and returns, a message
+redelivered after its worker died (same task id) or a lease older than the time limit takes it
+over, and ``aggregation_max_attempts`` claims fail the round instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from safetensors import safe_open
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from server.aggregation.keys import classify
+from server.db.models import AggregationShard, Job, Round, RoundStatus, ShardStatus, UpdateStatus
+from server.db.models import ClientUpdate as UpdateRow
+from server.db.session import after_commit
+from server.services import rounds
+from server.services.runtime import Runtime
+from server.services.strategies import spec_of
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class StepDispatch(Protocol):
+    """A dispatcher that can also queue shard and combine steps (embedded or Celery).
+
+    A plain ``dispatch(round_id)`` callable is enough for unsharded aggregation; rounds are
+    only ever split when the runtime's dispatcher can run the steps.
+    """
+
+    def __call__(self, round_id: uuid.UUID) -> None: ...
+
+    def shard(self, round_id: uuid.UUID, index: int) -> None: ...
+
+    def combine(self, round_id: uuid.UUID) -> None: ...
+
+
+# ---------------------------------------------------------------------------------- planning
+def plan_for(rt: Runtime, total_bytes: int, n_updates: int, n_modules: int) -> tuple[int, int]:
+    """(module groups, client groups) for a round: (1, 1) unless its updates are too big."""
+    settings = rt.settings
+    if (
+        total_bytes <= settings.shard_threshold_bytes
+        or n_updates == 0
+        or not isinstance(rt.dispatch, StepDispatch)
+    ):
+        return 1, 1
+    groups = max(1, min(settings.shard_modules, n_modules, settings.shard_max))
+    clients = math.ceil(total_bytes / (groups * settings.shard_threshold_bytes))
+    return groups, max(1, min(clients, n_updates, settings.shard_max // groups))
+
+
+def ensure_plan(
+    session: Session, rt: Runtime, rnd: Round, n_modules: int
+) -> list[AggregationShard]:
+    """The round's steps, created on first call (call with the round row locked)."""
+    shards = shards_of(session, rnd.id)
+    if shards:
+        return shards
+    total, count = session.execute(
+        select(func.coalesce(func.sum(UpdateRow.size_bytes), 0), func.count()).where(
+            UpdateRow.round_id == rnd.id, UpdateRow.status == UpdateStatus.ACCEPTED
+        )
+    ).one()
+    groups, clients = plan_for(rt, int(total or 0), int(count), n_modules)
+    for index in range(groups * clients):
+        session.add(
+            AggregationShard(
+                round_id=rnd.id,
+                index=index,
+                module_group=index // clients,
+                module_groups=groups,
+                client_group=index % clients,
+                client_groups=clients,
+                status=ShardStatus.PENDING,
+                attempts=0,
+            )
+        )
+    session.flush()
+    if groups * clients > 1:
+        log.info(
+            "round %s: %d bytes in %d updates -> %d module group(s) x %d client group(s)",
+            rnd.id,
+            total,
+            count,
+            groups,
+            clients,
+        )
+    return shards_of(session, rnd.id)
+
+
+def shards_of(session: Session, round_id: uuid.UUID) -> list[AggregationShard]:
+    return list(
+        session.scalars(
+            select(AggregationShard)
+            .where(AggregationShard.round_id == round_id)
+            .order_by(AggregationShard.index)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def module_group_of(modules: Mapping[str, tuple[int, int]], groups: int) -> dict[str, int]:
+    """Balance modules over ``groups`` by parameter count (largest first, deterministic)."""
+    load = [0] * groups
+    assignment: dict[str, int] = {}
+    for name in sorted(modules, key=lambda m: (-(modules[m][0] + modules[m][1]), m)):
+        group = min(range(groups), key=lambda g: (load[g], g))
+        assignment[name] = group
+        load[group] += modules[name][0] + modules[name][1]
+    return assignment
+
+
+def owner_of(key: str, assignment: Mapping[str, int]) -> int:
+    """The module group that owns a key; shared extra tensors belong to group 0."""
+    kind, module = classify(key)
+    return 0 if kind == "extra" else assignment.get(module, 0)
+
+
+def client_slice(n: int, group: int, groups: int) -> slice:
+    """Contiguous, balanced client groups over updates ordered by client id."""
+    return slice(group * n // groups, (group + 1) * n // groups)
+
+
+# ---------------------------------------------------------------------------------- claiming
+CLAIMED, BUSY, DONE, EXHAUSTED = "claimed", "busy", "done", "exhausted"
+
+
+def claim(
+    session: Session, rt: Runtime, shard: AggregationShard, attempt: str, now: datetime
+) -> str:
+    """Take the step for delivery ``attempt``: CLAIMED, BUSY (another live delivery has it),
+    DONE, or EXHAUSTED (too many deliveries died on it). Call with the round row locked."""
+    session.refresh(shard, with_for_update=True)
+    if shard.status == ShardStatus.DONE:
+        return DONE
+    lease = timedelta(seconds=rt.settings.aggregation_time_limit_s + 5)
+    if (
+        shard.status == ShardStatus.RUNNING
+        and shard.claimed_by != attempt
+        and shard.claimed_at is not None
+        and shard.claimed_at > now - lease
+    ):
+        return BUSY
+    if shard.attempts >= rt.settings.aggregation_max_attempts:
+        return EXHAUSTED
+    shard.status = ShardStatus.RUNNING
+    shard.claimed_by = attempt
+    shard.claimed_at = now
+    shard.attempts += 1
+    return CLAIMED
+
+
+def exhausted_reason(rt: Runtime, shard: AggregationShard) -> str:
+    return (
+        f"aggregation step {shard.index} was started {shard.attempts} time(s) and its worker "
+        f"was lost each time (crash, out-of-memory kill or time limit of "
+        f"{rt.settings.aggregation_time_limit_s} s); not retrying"
+    )
+
+
+def finish(
+    session: Session,
+    shard: AggregationShard,
+    now: datetime,
+    stats: dict[str, Any],
+    storage_key: str | None = None,
+) -> None:
+    shard.status = ShardStatus.DONE
+    shard.finished_at = now
+    shard.stats = stats
+    shard.storage_key = storage_key
+
+
+def release_claims(session: Session) -> int:
+    """Return every running step to pending (their worker is known dead: a restarted embedded
+    coordinator is the only worker of its database). Attempts stay counted."""
+    result = session.execute(
+        update(AggregationShard)
+        .where(AggregationShard.status == ShardStatus.RUNNING)
+        .values(status=ShardStatus.PENDING, claimed_by=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------- dispatching
+def dispatch_steps(
+    session: Session,
+    rt: Runtime,
+    round_id: uuid.UUID,
+    shards: list[AggregationShard],
+    now: datetime,
+) -> None:
+    """Queue every unfinished shard of a sharded round, or its combine if all are done."""
+    steps = rt.dispatch
+    assert isinstance(steps, StepDispatch), "sharded rounds need a step dispatcher"
+    pending = [s for s in shards if s.status != ShardStatus.DONE]
+    if not pending:
+        after_commit(session, lambda: steps.combine(round_id))
+        return
+    for shard in pending:
+        shard.dispatched_at = now
+        after_commit(session, functools.partial(steps.shard, round_id, shard.index))
+
+
+def request_complete_rounds(session: Session, rt: Runtime, now: datetime) -> int:
+    """Send open rounds that already hold every sampled update to aggregation.
+
+    A safety net for the upload that completes a round: two concurrent last uploads on a
+    database that does not serialise transactions (PostgreSQL, READ COMMITTED) can each count
+    the other as missing, and the round would wait for its deadline.
+    """
+    accepted = (
+        select(func.count())
+        .where(UpdateRow.round_id == Round.id, UpdateRow.status == UpdateStatus.ACCEPTED)
+        .correlate(Round)
+        .scalar_subquery()
+    )
+    complete = session.scalars(
+        select(Round).where(
+            Round.status == RoundStatus.OPEN, Round.sampled > 0, accepted >= Round.sampled
+        )
+    ).all()
+    for rnd in complete:
+        log.warning("round %s (#%d) had every update but was still open", rnd.id, rnd.number)
+        rounds.request_aggregation(session, rt, rnd, now)
+    return len(complete)
+
+
+def periodic_check(session: Session, rt: Runtime, now: datetime) -> None:
+    """What the scheduler (embedded thread or Celery beat) runs every ``scheduler_interval_s``:
+    passed deadlines, complete rounds still open, aggregations without progress."""
+    rounds.tick(session, rt, now)
+    request_complete_rounds(session, rt, now)
+    redispatch_stale(session, rt, now)
+
+
+def redispatch_stale(session: Session, rt: Runtime, now: datetime) -> int:
+    """Re-queue rounds that have been aggregating without any progress for twice the broker's
+    visibility timeout (a lost message: a broker restarted without persistence, a failed
+    publish). Duplicates are harmless: every step is idempotent."""
+    window = timedelta(seconds=2 * rt.settings.broker_visibility_timeout_s)
+    requeued = 0
+    for rnd in session.scalars(select(Round).where(Round.status == RoundStatus.AGGREGATING)):
+        shards = shards_of(session, rnd.id)
+        moments = [rnd.aggregating_at or rnd.opened_at]
+        for shard in shards:
+            moments += [m for m in (shard.claimed_at, shard.dispatched_at, shard.finished_at) if m]
+        if now - max(moments) <= window:
+            continue
+        if not shards:  # the first message was lost: plan now, so the re-dispatch is recorded
+            job = session.get_one(Job, rnd.job_id)
+            shards = ensure_plan(session, rt, rnd, len(spec_of(job).modules))
+        for shard in shards:
+            shard.dispatched_at = now
+        after_commit(session, functools.partial(rt.dispatch, rnd.id))
+        log.warning("round %s: no aggregation progress since %s; re-queued", rnd.id, max(moments))
+        requeued += 1
+    return requeued
+
+
+# ---------------------------------------------------------------------------------- reading
+def read_tensors(path: Path, wanted: Callable[[str], bool] | None = None) -> tuple[Tensors, int]:
+    """The tensors of a safetensors file whose key is ``wanted`` (all by default), as float32,
+    and the bytes they occupy. ``safe_open`` maps the file: a shard reads only its tensors."""
+    out: Tensors = {}
+    size = 0
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+            if wanted is None or wanted(key):
+                tensor = handle.get_tensor(key)
+                size += tensor.numel() * tensor.element_size()
+                out[key] = tensor.float()
+    return out, size
+
+
+def pause_for_tests(rt: Runtime) -> None:
+    """Fault-injection hook: sleep ``test_aggregation_delay_s`` (0 outside tests)."""
+    if rt.settings.test_aggregation_delay_s:
+        time.sleep(rt.settings.test_aggregation_delay_s)
