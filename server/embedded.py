@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from server.db.models import utcnow
 from server.db.session import session_scope
-from server.services import rounds, sharding
+from server.services import rounds, scheduler, sharding
 from server.services.aggregation import aggregate_round, aggregate_shard, combine_round
 from server.services.runtime import Runtime
 
@@ -78,7 +78,7 @@ class EmbeddedWorker:
         while not self._stop.wait(interval):
             try:
                 with session_scope(self._runtime.sessions) as session:
-                    sharding.periodic_check(session, self._runtime, utcnow())
+                    scheduler.periodic_check(session, self._runtime, utcnow())
             except Exception:
                 log.exception("deadline check failed; retrying in %.1f s", interval)
 

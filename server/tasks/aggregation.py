@@ -11,7 +11,7 @@ import uuid
 
 from server.db.models import utcnow
 from server.db.session import session_scope
-from server.services import aggregation, sharding
+from server.services import aggregation, scheduler
 from server.services.runtime import Runtime
 from server.tasks.config import CHECK_DEADLINES
 from server.tasks.dispatch import AGGREGATE_ROUND, AGGREGATE_SHARD, COMBINE_ROUND
@@ -40,4 +40,4 @@ def combine_round(rt: Runtime, round_id: uuid.UUID, attempt: str) -> None:
 def check_deadlines(rt: Runtime) -> None:
     """Apply passed deadlines (enrolment, rounds) and re-queue stalled aggregations."""
     with session_scope(rt.sessions) as session:
-        sharding.periodic_check(session, rt, utcnow())
+        scheduler.periodic_check(session, rt, utcnow())

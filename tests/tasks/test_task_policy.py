@@ -17,7 +17,7 @@ from sqlalchemy import select
 from server.config import Settings
 from server.db.models import AggregationShard, Round, utcnow
 from server.db.session import session_scope
-from server.services import sharding
+from server.services import scheduler
 from server.services.runtime import Runtime
 from server.tasks import aggregation as tasks
 from server.tasks import policy
@@ -109,15 +109,15 @@ def test_a_round_without_progress_is_requeued_once_per_window(api: TestClient) -
     window = 2 * rt.settings.broker_visibility_timeout_s
     now = utcnow()
     with session_scope(rt.sessions) as session:
-        assert sharding.redispatch_stale(session, rt, now) == 0  # fresh: nothing to do
+        assert scheduler.redispatch_stale(session, rt, now) == 0  # fresh: nothing to do
     later = now + timedelta(seconds=window + 1)
     with session_scope(rt.sessions) as session:
-        assert sharding.redispatch_stale(session, rt, later) == 1
+        assert scheduler.redispatch_stale(session, rt, later) == 1
     assert recorder.sent == [round_id, round_id]
     with session_scope(rt.sessions) as session:  # the re-dispatch is recorded on the plan
         shards = list(session.scalars(select(AggregationShard)))
         assert len(shards) == 1 and shards[0].dispatched_at is not None
-        assert sharding.redispatch_stale(session, rt, later + timedelta(seconds=5)) == 0
+        assert scheduler.redispatch_stale(session, rt, later + timedelta(seconds=5)) == 0
 
 
 def test_embedded_worker_runs_sharded_rounds(database_url: str, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_a_complete_round_left_open_is_sent_to_aggregation(api: TestClient) -> N
     with session_scope(rt.sessions) as session:  # as if two last uploads raced on Postgres
         session.get_one(Round, round_id).status = "open"
     with session_scope(rt.sessions) as session:
-        sharding.periodic_check(session, rt, utcnow())
+        scheduler.periodic_check(session, rt, utcnow())
     assert recorder.sent == [round_id, round_id]
     with session_scope(rt.sessions) as session:
         assert session.get_one(Round, round_id).status == "aggregating"

@@ -1,0 +1,80 @@
+"""The periodic check: what the scheduler runs every ``scheduler_interval_s``.
+
+The embedded coordinator runs it on a thread, a production deployment in Celery beat; either
+way it is the same function, and every step it takes is idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server.db.models import ClientUpdate as UpdateRow
+from server.db.models import Job, Round, RoundStatus, UpdateStatus
+from server.db.session import after_commit
+from server.services import rounds
+from server.services.runtime import Runtime
+from server.services.sharding import ensure_plan, shards_of
+from server.services.strategies import spec_of
+
+log = logging.getLogger(__name__)
+
+
+def request_complete_rounds(session: Session, rt: Runtime, now: datetime) -> int:
+    """Send open rounds that already hold every sampled update to aggregation.
+
+    A safety net for the upload that completes a round: two concurrent last uploads on a
+    database that does not serialise transactions (PostgreSQL, READ COMMITTED) can each count
+    the other as missing, and the round would wait for its deadline.
+    """
+    accepted = (
+        select(func.count())
+        .where(UpdateRow.round_id == Round.id, UpdateRow.status == UpdateStatus.ACCEPTED)
+        .correlate(Round)
+        .scalar_subquery()
+    )
+    complete = session.scalars(
+        select(Round).where(
+            Round.status == RoundStatus.OPEN, Round.sampled > 0, accepted >= Round.sampled
+        )
+    ).all()
+    for rnd in complete:
+        log.warning("round %s (#%d) had every update but was still open", rnd.id, rnd.number)
+        rounds.request_aggregation(session, rt, rnd, now)
+    return len(complete)
+
+
+def periodic_check(session: Session, rt: Runtime, now: datetime) -> None:
+    """What the scheduler (embedded thread or Celery beat) runs every ``scheduler_interval_s``:
+    passed deadlines, complete rounds still open, aggregations without progress."""
+    rounds.tick(session, rt, now)
+    request_complete_rounds(session, rt, now)
+    redispatch_stale(session, rt, now)
+
+
+def redispatch_stale(session: Session, rt: Runtime, now: datetime) -> int:
+    """Re-queue rounds that have been aggregating without any progress for twice the broker's
+    visibility timeout (a lost message: a broker restarted without persistence, a failed
+    publish). Duplicates are harmless: every step is idempotent."""
+    window = timedelta(seconds=2 * rt.settings.broker_visibility_timeout_s)
+    requeued = 0
+    for rnd in session.scalars(select(Round).where(Round.status == RoundStatus.AGGREGATING)):
+        shards = shards_of(session, rnd.id)
+        moments = [rnd.aggregating_at or rnd.opened_at]
+        for shard in shards:
+            moments += [m for m in (shard.claimed_at, shard.dispatched_at, shard.finished_at) if m]
+        if now - max(moments) <= window:
+            continue
+        if not shards:  # the first message was lost: plan now, so the re-dispatch is recorded
+            job = session.get_one(Job, rnd.job_id)
+            shards = ensure_plan(session, rt, rnd, len(spec_of(job).modules))
+        for shard in shards:
+            shard.dispatched_at = now
+        after_commit(session, functools.partial(rt.dispatch, rnd.id))
+        log.warning("round %s: no aggregation progress since %s; re-queued", rnd.id, max(moments))
+        requeued += 1
+    return requeued
