@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support import OPERATOR_KEY
+from tests.support import OPERATOR_KEY, stats
 
 
 def free_port() -> int:
@@ -101,6 +103,32 @@ class LiveCoordinator:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {credential}"}, timeout=30.0
         )
+
+
+@contextmanager
+def running_coordinator(database_url: str, workdir: Path, **env: str) -> Iterator[LiveCoordinator]:
+    """A started coordinator, stopped on exit."""
+    coordinator = LiveCoordinator(database_url, workdir, **env)
+    coordinator.start()
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()
+
+
+def enrol_clients(http: Any, job: dict[str, Any], n: int, name: str = "device") -> list[str]:
+    """Enrol ``n`` clients with spread-out statistics over ``http`` (an httpx client or a
+    TestClient); returns their credentials."""
+    credentials = []
+    for i in range(n):
+        response = http.post(
+            f"/api/v1/jobs/{job['id']}/clients",
+            json={"stats": stats(30 + 25 * i, entropy=0.1 + 0.3 * i), "name": f"{name}-{i}"},
+            headers={"Authorization": f"Bearer {job['join_token']}"},
+        )
+        assert response.status_code == 201, response.text
+        credentials.append(response.json()["credential"])
+    return credentials
 
 
 def wait_until(fetch: Any, predicate: Any, timeout: float = 30.0) -> Any:

@@ -71,18 +71,7 @@ def round_metrics(
 ) -> tuple[list[RoundMetrics], int]:
     """A page of rounds (by number) with participation, client metrics, bytes and timings."""
     job = get_job(session, job_id)
-    total = (
-        session.scalar(select(func.count()).select_from(Round).where(Round.job_id == job_id)) or 0
-    )
-    rounds = list(
-        session.scalars(
-            select(Round)
-            .where(Round.job_id == job_id)
-            .order_by(Round.number)
-            .limit(limit)
-            .offset(offset)
-        )
-    )
+    rounds, total = queries.rounds_page(session, job_id, limit=limit, offset=offset)
     ids = [r.id for r in rounds]
     rows = (
         session.execute(

@@ -40,10 +40,10 @@ def _round_out(rnd: Round, accepted: int, adapter: GlobalAdapter | None) -> Roun
     return out
 
 
-def list_rounds(
+def rounds_page(
     session: Session, job_id: uuid.UUID, *, limit: int, offset: int
-) -> tuple[list[RoundOut], int]:
-    get_job(session, job_id)
+) -> tuple[list[Round], int]:
+    """A page of the job's rounds by number, and how many it has in all."""
     total = (
         session.scalar(select(func.count()).select_from(Round).where(Round.job_id == job_id)) or 0
     )
@@ -56,6 +56,14 @@ def list_rounds(
             .offset(offset)
         )
     )
+    return rounds, total
+
+
+def list_rounds(
+    session: Session, job_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[RoundOut], int]:
+    get_job(session, job_id)
+    rounds, total = rounds_page(session, job_id, limit=limit, offset=offset)
     ids = [r.id for r in rounds]
     accepted = _accepted_by_round(session, ids)
     adapters = _adapters_by_round(session, ids)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.live import LiveCoordinator
+from tests.live import LiveCoordinator, running_coordinator
 from tests.support import OPERATOR_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,12 +72,8 @@ def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCoordinator]:
     workdir = tmp_path_factory.mktemp("dashboard-live")
-    coordinator = LiveCoordinator(f"sqlite:///{workdir / 'flaas.db'}", workdir)
-    coordinator.start()
-    try:
+    with running_coordinator(f"sqlite:///{workdir / 'flaas.db'}", workdir) as coordinator:
         yield coordinator
-    finally:
-        coordinator.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,12 @@ from playwright.sync_api import expect
 from safetensors.torch import load, save
 
 from tests.browser.dashboard_support import Traffic, screenshot, seed_scale_job
-from tests.live import LiveCoordinator, wait_until
-from tests.support import OPERATOR_KEY, adapter_tensors, job_spec, stats
+from tests.live import LiveCoordinator, enrol_clients, wait_until
+from tests.support import OPERATOR_KEY, adapter_tensors, job_spec
 
 pytestmark = pytest.mark.slow
 
 MAX_PAGE_BYTES = 1_000_000
-
-
-def enrol(live: LiveCoordinator, job: dict[str, Any], n: int) -> list[str]:
-    credentials = []
-    with httpx.Client(base_url=live.url, timeout=30) as http:
-        for i in range(n):
-            response = http.post(
-                f"/api/v1/jobs/{job['id']}/clients",
-                json={"stats": stats(30 + 25 * i, entropy=0.1 + 0.3 * i), "name": f"phone-{i}"},
-                headers={"Authorization": f"Bearer {job['join_token']}"},
-            )
-            assert response.status_code == 201, response.text
-            credentials.append(response.json()["credential"])
-    return credentials
 
 
 def train_round(live: LiveCoordinator, credentials: list[str], number: int) -> None:
@@ -110,7 +96,7 @@ def test_pages_of_a_running_job_render_and_update_live(
 ) -> None:
     with live.operator() as http:
         job = http.post("/api/v1/jobs", json=job_spec(name="digits-demo", rounds=4)).json()
-    credentials = enrol(live, job, 3)
+        credentials = enrol_clients(http, job, 3, name="phone")
     for number in (1, 2):
         train_round(live, credentials, number)
         wait_round_closed(live, job["id"], number)

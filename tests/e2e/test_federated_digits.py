@@ -31,7 +31,7 @@ from client_sdk.tasks import get_task
 from client_sdk.trainer import LoraTrainer, decode_update
 from client_sdk.training import LoraRound
 from server.demo import Evaluator
-from tests.live import LiveCoordinator, wait_until
+from tests.live import LiveCoordinator, running_coordinator, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,8 @@ MARGIN = 0.4
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCoordinator]:
     workdir = tmp_path_factory.mktemp("coordinator")
-    coordinator = LiveCoordinator(f"sqlite:///{workdir / 'flaas.db'}", workdir)
-    coordinator.start()
-    try:
+    with running_coordinator(f"sqlite:///{workdir / 'flaas.db'}", workdir) as coordinator:
         yield coordinator
-    finally:
-        coordinator.stop()
 
 
 def create_job(live: LiveCoordinator, strategy: str, clients: int, rounds: int) -> dict[str, Any]:

@@ -9,32 +9,14 @@ import httpx
 import pytest
 from safetensors.torch import load, save
 
-from tests.live import LiveCoordinator, wait_until
-from tests.support import adapter_tensors, job_spec, stats
+from tests.live import LiveCoordinator, enrol_clients, running_coordinator, wait_until
+from tests.support import adapter_tensors, job_spec
 
 
 @pytest.fixture
 def live(database_url: str, tmp_path: Path) -> Iterator[LiveCoordinator]:
-    coordinator = LiveCoordinator(database_url, tmp_path)
-    coordinator.start()
-    try:
+    with running_coordinator(database_url, tmp_path) as coordinator:
         yield coordinator
-    finally:
-        coordinator.stop()
-
-
-def enrol(live: LiveCoordinator, job: dict, n: int) -> list[str]:
-    credentials = []
-    with httpx.Client(base_url=live.url, timeout=30) as http:
-        for i in range(n):
-            response = http.post(
-                f"/api/v1/jobs/{job['id']}/clients",
-                json={"stats": stats(30 + 25 * i, entropy=0.1 + 0.3 * i)},
-                headers={"Authorization": f"Bearer {job['join_token']}"},
-            )
-            assert response.status_code == 201, response.text
-            credentials.append(response.json()["credential"])
-    return credentials
 
 
 def upload(live: LiveCoordinator, credential: str, seed: int) -> httpx.Response:
@@ -58,7 +40,7 @@ def round_of(live: LiveCoordinator, job_id: str, number: int) -> dict:
 def test_full_job_over_http(live: LiveCoordinator) -> None:
     with live.operator() as http:
         job = http.post("/api/v1/jobs", json=job_spec(rounds=3)).json()
-    credentials = enrol(live, job, 3)
+        credentials = enrol_clients(http, job, 3)
     for number in (1, 2, 3):
         for i, credential in enumerate(credentials):
             assert upload(live, credential, seed=10 * number + i).status_code == 201
@@ -86,7 +68,7 @@ def test_coordinator_killed_mid_round_loses_and_double_counts_nothing(
 ) -> None:
     with live.operator() as http:
         job = http.post("/api/v1/jobs", json=job_spec(rounds=1)).json()
-    credentials = enrol(live, job, 3)
+        credentials = enrol_clients(http, job, 3)
     first = upload(live, credentials[0], seed=1)
     second = upload(live, credentials[1], seed=2)
     assert first.status_code == second.status_code == 201

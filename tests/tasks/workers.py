@@ -16,8 +16,8 @@ import pytest
 import redis
 from safetensors.torch import save
 
-from tests.live import free_port
-from tests.support import OPERATOR_KEY, adapter_tensors, stats
+from tests.live import enrol_clients, free_port
+from tests.support import OPERATOR_KEY, adapter_tensors
 
 SHARED_REDIS = "redis://127.0.0.1:6379/9"  # a database of its own, flushed by the fixture
 
@@ -154,16 +154,7 @@ class Driver:
         return job
 
     def enrol(self, job: dict[str, Any], n: int) -> list[str]:
-        credentials = []
-        for i in range(n):
-            response = self.http.post(
-                f"/api/v1/jobs/{job['id']}/clients",
-                json={"stats": stats(30 + 25 * i, entropy=0.1 + 0.3 * i)},
-                headers={"Authorization": f"Bearer {job['join_token']}"},
-            )
-            assert response.status_code == 201, response.text
-            credentials.append(response.json()["credential"])
-        return credentials
+        return enrol_clients(self.http, job, n)
 
     def upload(self, credential: str, seed: int) -> dict[str, Any]:
         auth = {"Authorization": f"Bearer {credential}"}
