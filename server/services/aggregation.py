@@ -14,20 +14,15 @@ accumulator: memory is one adapter, whatever the number of clients.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.aggregation import Accumulator, AggregationError, ClientUpdate
+from server.aggregation import AggregationError
 from server.db.models import (
     AggregationShard,
     GlobalAdapter,
@@ -41,25 +36,17 @@ from server.db.models import (
 from server.db.models import ClientUpdate as UpdateRow
 from server.db.session import after_commit, session_scope
 from server.errors import NotFound
-from server.services import rounds, sharding
+from server.services import folding, rounds, sharding
 from server.services.adapters import starting_adapter
+from server.services.folding import Work
 from server.services.runtime import Runtime
-from server.services.strategies import client_scale, modules_of, spec_of, strategy_for
-from server.storage import global_key, partial_key
-from server.tensors import load_adapter, save_adapter
+from server.services.strategies import spec_of
+from server.storage import partial_key
 
 log = logging.getLogger(__name__)
 
 # Bad data or a bad spec, not a bad worker: the round fails with the reason, never retried.
 FAILURES = (AggregationError, SafetensorError, NotFound, OSError, ValueError)
-
-
-@dataclass(frozen=True)
-class _Work:
-    job: Job
-    number: int
-    previous_key: str
-    updates: list[tuple[uuid.UUID, str, int, int]]  # client id, key, n_samples, rank
 
 
 def aggregate_round(rt: Runtime, round_id: uuid.UUID, *, attempt: str | None = None) -> None:
@@ -82,14 +69,12 @@ def aggregate_round(rt: Runtime, round_id: uuid.UUID, *, attempt: str | None = N
             return
         work = _load_work(session, rnd, job)
     try:
-        adapter, stats = _compute(rt, work)
+        adapter, stats = folding.compute_round(rt, work)
     except FAILURES as exc:
         _fail(rt, round_id, exc)
         return
     with session_scope(rt.sessions) as session:
-        adapter.round_id = round_id
-        if not rounds.close_round(session, round_id, adapter, stats, utcnow()):
-            log.info("round %s was closed by another worker", round_id)
+        if not _close(session, round_id, adapter, stats):
             return
         shard = session.get_one(AggregationShard, (round_id, 0))
         sharding.finish(session, shard, utcnow(), _step_stats(stats))
@@ -113,7 +98,7 @@ def aggregate_shard(
         work = _load_work(session, rnd, job)
         cell = (shard.module_group, shard.module_groups, shard.client_group, shard.client_groups)
     try:
-        blob, stats = _compute_partial(rt, work, *cell)
+        blob, stats = folding.compute_partial(rt, work, *cell)
         key = partial_key(work.job.id, work.number, index)
         rt.store.put_bytes(key, blob)
     except FAILURES as exc:
@@ -140,19 +125,28 @@ def combine_round(rt: Runtime, round_id: uuid.UUID) -> None:
         partials = [(s.module_group, s.module_groups, s.storage_key or "") for s in shards]
         shard_stats = [s.stats or {} for s in shards]
     try:
-        adapter, stats = _combine(rt, work, partials, shard_stats)
+        adapter, stats = folding.combine_partials(rt, work, partials, shard_stats)
     except FAILURES as exc:
         _fail(rt, round_id, exc)
         return
     with session_scope(rt.sessions) as session:
-        adapter.round_id = round_id
-        if not rounds.close_round(session, round_id, adapter, stats, utcnow()):
-            log.info("round %s was closed by another worker", round_id)
+        if not _close(session, round_id, adapter, stats):
             return
         after_commit(session, lambda: _delete([key for _, _, key in partials], rt))
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _close(
+    session: Session, round_id: uuid.UUID, adapter: GlobalAdapter, stats: dict[str, object]
+) -> bool:
+    """Close the round with its adapter; False if another worker already closed it."""
+    adapter.round_id = round_id
+    if rounds.close_round(session, round_id, adapter, stats, utcnow()):
+        return True
+    log.info("round %s was closed by another worker", round_id)
+    return False
+
+
 def _delete(keys: list[str], rt: Runtime) -> None:
     for key in keys:  # partial sums are worthless once the round is closed
         rt.store.delete(key)
@@ -189,13 +183,13 @@ def _combine_when_complete(session: Session, rt: Runtime, round_id: uuid.UUID) -
         after_commit(session, lambda: steps.combine(round_id))
 
 
-def _load_work(session: Session, rnd: Round, job: Job) -> _Work:
+def _load_work(session: Session, rnd: Round, job: Job) -> Work:
     rows = session.execute(
         select(UpdateRow.client_id, UpdateRow.storage_key, UpdateRow.n_samples, UpdateRow.rank)
         .where(UpdateRow.round_id == rnd.id, UpdateRow.status == UpdateStatus.ACCEPTED)
         .order_by(UpdateRow.client_id)
     ).all()
-    return _Work(
+    return Work(
         job=job,
         number=rnd.number,
         previous_key=starting_adapter(session, rnd.job_id, rnd.number).storage_key,
@@ -212,135 +206,3 @@ def _fail(rt: Runtime, round_id: uuid.UUID, exc: Exception) -> None:
 
 def _step_stats(stats: dict[str, object]) -> dict[str, object]:
     return {k: stats[k] for k in ("seconds", "read_seconds", "bytes_in", "updates")}
-
-
-def _client_update(
-    work: _Work, row: tuple[uuid.UUID, str, int, int], tensors: dict
-) -> ClientUpdate:
-    client_id, _key, n_samples, rank = row
-    return ClientUpdate(
-        tensors=tensors,
-        num_samples=n_samples,
-        scale=client_scale(work.job, rank),
-        client_id=str(client_id),
-    )
-
-
-def _compute(rt: Runtime, work: _Work) -> tuple[GlobalAdapter, dict[str, object]]:
-    started = time.perf_counter()
-    strategy = strategy_for(work.job)
-    with rt.store.local_path(work.previous_key) as path:
-        previous = load_adapter(path)
-    accumulator = strategy.accumulator(previous)
-    read_s = 0.0
-    bytes_in = 0
-    for row in work.updates:
-        t0 = time.perf_counter()
-        with rt.store.local_path(row[1]) as path:
-            bytes_in += path.stat().st_size
-            tensors = load_adapter(path)
-        read_s += time.perf_counter() - t0
-        sharding.pause_for_tests(rt)
-        # Every value was checked finite when the upload was accepted.
-        accumulator.add(_client_update(work, row, tensors), check_finite=False)
-    stats: dict[str, object] = {"read_seconds": round(read_s, 6), "bytes_in": bytes_in}
-    return _publish(rt, work, accumulator.result(), accumulator, started, stats)
-
-
-def _compute_partial(
-    rt: Runtime, work: _Work, group: int, groups: int, clients: int, client_groups: int
-) -> tuple[bytes, dict[str, object]]:
-    started = time.perf_counter()
-    strategy = strategy_for(work.job)
-    assignment = sharding.module_group_of(modules_of(spec_of(work.job)), groups)
-
-    def mine(key: str) -> bool:
-        return sharding.owner_of(key, assignment) == group
-
-    with rt.store.local_path(work.previous_key) as path:
-        previous, _ = sharding.read_tensors(path, mine)
-    accumulator = strategy.accumulator(previous)
-    read_s = 0.0
-    bytes_in = 0
-    for row in work.updates[sharding.client_slice(len(work.updates), clients, client_groups)]:
-        t0 = time.perf_counter()
-        with rt.store.local_path(row[1]) as path:
-            tensors, size = sharding.read_tensors(path, mine)
-        bytes_in += size
-        read_s += time.perf_counter() - t0
-        sharding.pause_for_tests(rt)
-        accumulator.add(_client_update(work, row, tensors), check_finite=False)
-    blob = save_adapter(accumulator.state())
-    return blob, {
-        "seconds": round(time.perf_counter() - started, 6),
-        "read_seconds": round(read_s, 6),
-        "bytes_in": bytes_in,
-        "updates": accumulator.num_updates,
-    }
-
-
-def _combine(
-    rt: Runtime,
-    work: _Work,
-    partials: list[tuple[int, int, str]],
-    shard_stats: list[dict[str, Any]],
-) -> tuple[GlobalAdapter, dict[str, object]]:
-    started = time.perf_counter()
-    strategy = strategy_for(work.job)
-    modules = modules_of(spec_of(work.job))
-    with rt.store.local_path(work.previous_key) as path:
-        previous = load_adapter(path)
-    merged: dict[int, Accumulator] = {}
-    for group, groups, key in partials:
-        assignment = sharding.module_group_of(modules, groups)
-        mine = {k: v for k, v in previous.items() if sharding.owner_of(k, assignment) == group}
-        with rt.store.local_path(key) as path:
-            part = strategy.accumulator_from_state(load_file(str(path)), mine)
-        if group in merged:
-            merged[group].merge(part)
-        else:
-            merged[group] = part
-    result: dict = {}
-    for group in sorted(merged):  # per-module strategies: the groups' results are disjoint
-        result.update(merged[group].result())
-
-    def total(name: str) -> float:
-        return sum(float(s.get(name, 0)) for s in shard_stats)
-
-    stats: dict[str, object] = {
-        "read_seconds": round(total("read_seconds"), 6),
-        "bytes_in": int(total("bytes_in")),
-        "shards": len(partials),
-        "shard_seconds": round(total("seconds"), 6),
-    }
-    return _publish(rt, work, result, merged[0], started, stats)
-
-
-def _publish(
-    rt: Runtime,
-    work: _Work,
-    result: dict,
-    accumulator: Accumulator,
-    started: float,
-    stats: dict[str, object],
-) -> tuple[GlobalAdapter, dict[str, object]]:
-    # No job/round metadata: safetensors writes a multi-key metadata map in random order, and
-    # the bytes (sha256) of a round's adapter must not depend on which worker wrote it.
-    blob = save_adapter(result)
-    key = global_key(work.job.id, work.number)
-    rt.store.put_bytes(key, blob)
-    adapter = GlobalAdapter(
-        storage_key=key,
-        sha256=hashlib.sha256(blob).hexdigest(),
-        size_bytes=len(blob),
-        rank=work.job.r_max,
-        n_updates=accumulator.num_updates,
-        total_samples=accumulator.total_samples,
-    )
-    return adapter, {
-        "seconds": round(time.perf_counter() - started, 6),
-        **stats,
-        "bytes_out": len(blob),
-        "updates": accumulator.num_updates,
-        "coverage": [float(c) for c in accumulator.coverage()],
-    }
