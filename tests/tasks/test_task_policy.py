@@ -62,7 +62,10 @@ def test_empty_broker_url_means_embedded() -> None:
 
 @pytest.fixture
 def api(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    with coordinator(settings_for(database_url, tmp_path / "adapters")) as client:
+    # The tests swap the runtime's dispatcher for a recorder; the embedded scheduler thread
+    # keeps the original runtime, so it must not run its periodic check meanwhile.
+    settings = settings_for(database_url, tmp_path / "adapters", scheduler_interval_s=60)
+    with coordinator(settings) as client:
         yield client
 
 
