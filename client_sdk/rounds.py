@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from client_sdk.trainer_settings import AdapterConfig
+
 
 @dataclass(frozen=True)
 class RoundTask:
@@ -52,6 +54,11 @@ class RoundTask:
             upload_url=str(data["upload_url"]),
             deadline_at=str(data["deadline_at"]),
         )
+
+    @property
+    def adapter(self) -> AdapterConfig:
+        """The adapter this round trains (rank, scaling, kind)."""
+        return AdapterConfig(self.rank, self.lora_alpha, self.use_rslora, self.adapter_type)
 
     def train_settings(self, seed: int) -> dict[str, Any]:
         """The job's local settings as :class:`~client_sdk.trainer_settings.TrainSettings` keys."""

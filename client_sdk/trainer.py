@@ -34,7 +34,6 @@ from client_sdk.trainer_data import (
     resolve_device,
 )
 from client_sdk.trainer_parts import (
-    ADAPTER_TYPES,
     AdapterLayout,
     TrainResult,
     check_parts,
@@ -44,9 +43,10 @@ from client_sdk.trainer_parts import (
     module_of,
     part_of,
 )
-from client_sdk.trainer_settings import TrainSettings
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 
 __all__ = [
+    "AdapterConfig",
     "AdapterLayout",
     "LoraTrainer",
     "TrainResult",
@@ -103,22 +103,14 @@ class LoraTrainer:
             raise TypeError(f"model factory returned {type(base).__name__}, not an nn.Module")
         return base
 
-    def _build(
-        self, rank: int, lora_alpha: float, use_rslora: bool, adapter_type: str
-    ) -> PeftModel:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
-        if adapter_type not in ADAPTER_TYPES:
-            raise ValueError(f"adapter_type must be one of {sorted(ADAPTER_TYPES)}")
+    def _build(self, adapter: AdapterConfig) -> PeftModel:
         save = self.head_modules or None
-        if adapter_type == "lora":
-            if not lora_alpha > 0:
-                raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        if adapter.adapter_type == "lora":
             config: LoraConfig | VeraConfig = LoraConfig(
-                r=rank,
+                r=adapter.rank,
                 # peft annotates int, but the scale is alpha / r in float: float alphas are fine.
-                lora_alpha=lora_alpha,  # type: ignore[arg-type]
-                use_rslora=use_rslora,
+                lora_alpha=adapter.lora_alpha,  # type: ignore[arg-type]
+                use_rslora=adapter.use_rslora,
                 lora_dropout=0.0,
                 target_modules=self.target_modules,
                 modules_to_save=save,
@@ -126,7 +118,7 @@ class LoraTrainer:
         else:  # VeRA has no alpha or rsLoRA scaling; its lambdas carry the scale
             with _quiet_vera():
                 config = VeraConfig(
-                    r=rank,
+                    r=adapter.rank,
                     target_modules=self.target_modules,
                     modules_to_save=save,
                     projection_prng_key=self.vera_prng_key,
@@ -138,7 +130,7 @@ class LoraTrainer:
 
     def layout(self, rank: int = 1) -> AdapterLayout:
         """Read the adapter layout off a real peft model built at ``rank``."""
-        model = self._build(rank, float(rank), False, "lora")
+        model = self._build(AdapterConfig(rank, lora_alpha=float(rank)))
         state = get_peft_model_state_dict(model)
         modules: dict[str, tuple[int, int]] = {}
         extra: dict[str, tuple[int, ...]] = {}
@@ -154,11 +146,8 @@ class LoraTrainer:
 
     def load_model(
         self,
+        adapter: AdapterConfig,
         *,
-        rank: int,
-        lora_alpha: float = 1.0,
-        use_rslora: bool = False,
-        adapter_type: str = "lora",
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
         frozen_parts: Iterable[str] = frozenset(),
@@ -169,9 +158,9 @@ class LoraTrainer:
         Parts given by neither keep peft's initialisation (B = 0, A random from ``seed``).
         Parameters of ``frozen_parts`` get ``requires_grad=False`` and must have been given.
         """
-        frozen = check_parts("frozen_parts", frozen_parts, adapter_type)
+        frozen = check_parts("frozen_parts", frozen_parts, adapter.adapter_type)
         with self._seeded(seed):
-            model = self._build(rank, lora_alpha, use_rslora, adapter_type)
+            model = self._build(adapter)
         private = dict(private or {})
         state = get_peft_model_state_dict(model)
         expected = {key: tensor.shape for key, tensor in state.items()}
@@ -204,11 +193,8 @@ class LoraTrainer:
 
     def train(
         self,
+        adapter: AdapterConfig,
         *,
-        rank: int,
-        lora_alpha: float = 1.0,
-        use_rslora: bool = False,
-        adapter_type: str = "lora",
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
         shared_parts: Iterable[str],
@@ -226,17 +212,16 @@ class LoraTrainer:
         ``train_loss`` (mean over all steps), ``val_loss``, ``val_accuracy`` (when ``val_data``
         is given), ``train_seconds`` and ``steps``. ``on_step(done, total)`` reports progress.
         """
-        shared = check_parts("shared_parts", shared_parts, adapter_type)
-        frozen = check_parts("frozen_parts", frozen_parts, adapter_type)
+        shared = check_parts("shared_parts", shared_parts, adapter.adapter_type)
+        frozen = check_parts("frozen_parts", frozen_parts, adapter.adapter_type)
         if not shared:
             raise ValueError("shared_parts is empty: the update would contain nothing")
         if shared & frozen:
             raise ValueError(f"parts {sorted(shared & frozen)} are both shared and frozen")
         x, y = as_tensors(train_data, self.device)
         model = self.load_model(
-            rank=rank, lora_alpha=lora_alpha, use_rslora=use_rslora, adapter_type=adapter_type,
-            incoming=incoming, private=private, frozen_parts=frozen, seed=settings.seed,
-        )  # fmt: skip
+            adapter, incoming=incoming, private=private, frozen_parts=frozen, seed=settings.seed
+        )
         started = time.perf_counter()
         with self._seeded(settings.seed):
             train_loss, steps = fit(model, x, y, settings, on_step)
@@ -262,10 +247,7 @@ class LoraTrainer:
             if part_of(key) not in shared | frozen
         }
         metadata = {
-            "rank": str(rank),
-            "lora_alpha": repr(float(lora_alpha)),
-            "use_rslora": "true" if use_rslora else "false",
-            "adapter_type": adapter_type,
+            **adapter.metadata(),
             "n_samples": str(len(y)),
             "parts": ",".join(sorted(shared)),
         }
@@ -277,20 +259,15 @@ class LoraTrainer:
 
     def evaluate(
         self,
+        adapter: AdapterConfig,
         *,
-        rank: int,
-        lora_alpha: float = 1.0,
-        use_rslora: bool = False,
-        adapter_type: str = "lora",
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
         data: Data,
         batch_size: int = 256,
     ) -> dict[str, float]:
         """``loss``, ``accuracy`` and ``n_samples`` of the adapter (incoming + private) on data."""
-        losses, preds, y = self._observe(
-            rank, lora_alpha, use_rslora, adapter_type, incoming, private, data, batch_size
-        )
+        losses, preds, y = self._observe(adapter, incoming, private, data, batch_size)
         return {
             "loss": float(losses.mean()),
             "accuracy": float((preds == y).float().mean()),
@@ -299,37 +276,26 @@ class LoraTrainer:
 
     def per_sample_losses(
         self,
+        adapter: AdapterConfig,
         *,
-        rank: int,
-        lora_alpha: float = 1.0,
-        use_rslora: bool = False,
-        adapter_type: str = "lora",
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
         data: Data,
         batch_size: int = 256,
     ) -> np.ndarray:
         """Per-sample cross-entropy of one observation pass (no update kept), for AutoRank's m4."""
-        losses, _, _ = self._observe(
-            rank, lora_alpha, use_rslora, adapter_type, incoming, private, data, batch_size
-        )
+        losses, _, _ = self._observe(adapter, incoming, private, data, batch_size)
         return losses.detach().cpu().numpy().astype(np.float64)
 
     def _observe(
         self,
-        rank: int,
-        lora_alpha: float,
-        use_rslora: bool,
-        adapter_type: str,
+        adapter: AdapterConfig,
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None,
         data: Data,
         batch_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        model = self.load_model(
-            rank=rank, lora_alpha=lora_alpha, use_rslora=use_rslora, adapter_type=adapter_type,
-            incoming=incoming, private=private,
-        )  # fmt: skip
+        model = self.load_model(adapter, incoming=incoming, private=private)
         x, y = as_tensors(data, self.device)
         losses, preds = per_sample_cross_entropy(model, x, y, batch_size)
         return losses, preds, y

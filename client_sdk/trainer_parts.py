@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load as st_load
 
+from client_sdk.trainer_settings import ADAPTER_TYPES
+
 PARTS: frozenset[str] = frozenset({"lora_A", "lora_B", "vera_lambda_d", "vera_lambda_b", "extra"})
-ADAPTER_TYPES: frozenset[str] = frozenset({"lora", "vera"})
 
 # Suffix of a state-dict key -> part. Order does not matter: the suffixes are disjoint.
 _SUFFIXES: dict[str, str] = {

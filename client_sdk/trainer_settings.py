@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 OPTIMIZERS: frozenset[str] = frozenset({"adam", "adamw", "sgd"})
+ADAPTER_TYPES: frozenset[str] = frozenset({"lora", "vera"})
 
 
 def _is_int(value: object) -> bool:
@@ -21,6 +22,39 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The adapter one round trains, as the coordinator's task describes it.
+
+    ``lora_alpha`` and ``use_rslora`` give LoRA's scale (alpha / r, or alpha / sqrt(r));
+    VeRA ignores both (its lambdas carry the scale).
+    """
+
+    rank: int
+    lora_alpha: float = 1.0
+    use_rslora: bool = False
+    adapter_type: str = "lora"
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.rank) or self.rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter_type must be one of {sorted(ADAPTER_TYPES)}")
+        if self.adapter_type == "lora" and not (
+            _is_number(self.lora_alpha) and self.lora_alpha > 0
+        ):
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+
+    def metadata(self) -> dict[str, str]:
+        """The config as safetensors metadata (strings only)."""
+        return {
+            "rank": str(self.rank),
+            "lora_alpha": repr(float(self.lora_alpha)),
+            "use_rslora": "true" if self.use_rslora else "false",
+            "adapter_type": self.adapter_type,
+        }
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ import zlib
 
 from client_sdk.profile import ComplexityStats, profile
 from client_sdk.rounds import LocalUpdate, RoundContext
-from client_sdk.trainer import LoraTrainer, TrainSettings, decode_update, encode_update
+from client_sdk.trainer import (
+    AdapterConfig,
+    LoraTrainer,
+    TrainSettings,
+    decode_update,
+    encode_update,
+)
 from client_sdk.trainer_data import Data, as_tensors
 
 
@@ -43,7 +49,7 @@ class LoraRound:
         model's: one observation pass at rank 1 with nothing loaded gives them.
         """
         _, y = as_tensors(self.data, self.trainer.device)
-        losses = self.trainer.per_sample_losses(rank=1, incoming={}, data=self.data)
+        losses = self.trainer.per_sample_losses(AdapterConfig(1), incoming={}, data=self.data)
         return profile(y.cpu().numpy(), losses, num_classes=self.num_classes)
 
     def __call__(self, ctx: RoundContext) -> LocalUpdate:
@@ -62,10 +68,7 @@ class LoraRound:
         # Same seed for the same client and round: a retrained round gives the same bytes.
         seed = zlib.crc32(f"{task.seed}:{task.round_number}:{ctx.client_id}".encode())
         result = self.trainer.train(
-            rank=task.rank,
-            lora_alpha=task.lora_alpha,
-            use_rslora=task.use_rslora,
-            adapter_type=task.adapter_type,
+            task.adapter,
             incoming=incoming,
             private=private,
             shared_parts=task.shared_parts,

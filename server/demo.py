@@ -114,10 +114,11 @@ class Evaluator:
         return self._evaluate(tensors, rank=self.r_max)
 
     def _evaluate(self, tensors: dict[str, Any], rank: int) -> float:
+        from client_sdk.trainer import AdapterConfig
+
         # The global adapter is stored scale-folded (dW = B'A'): load it at scale 1.
-        return self.trainer.evaluate(
-            rank=rank, lora_alpha=float(rank), incoming=tensors, data=self.test
-        )["accuracy"]
+        adapter = AdapterConfig(rank, lora_alpha=float(rank))
+        return self.trainer.evaluate(adapter, incoming=tensors, data=self.test)["accuracy"]
 
 
 def _seconds(detail: dict[str, Any]) -> float:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from client_sdk.tasks import Task, available_tasks, get_task
-from client_sdk.trainer_settings import TrainSettings
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ def test_trec_task_loads_offline_and_trains_a_few_steps():
 
     settings = TrainSettings.from_dict({**task.default_settings, "epochs": None, "max_steps": 3})
     result = trainer.train(
-        rank=4, lora_alpha=8.0, incoming={}, shared_parts={"lora_A"},
+        AdapterConfig(4, lora_alpha=8.0), incoming={}, shared_parts={"lora_A"},
         train_data=(data.x_train[:96], data.y_train[:96]),
         val_data=(data.x_test[:64], data.y_test[:64]), settings=settings,
     )  # fmt: skip

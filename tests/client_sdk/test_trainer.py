@@ -9,7 +9,13 @@ import torch
 import client_sdk.trainer as trainer_module
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
-from client_sdk.trainer import LoraTrainer, TrainResult, TrainSettings, decode_update
+from client_sdk.trainer import (
+    AdapterConfig,
+    LoraTrainer,
+    TrainResult,
+    TrainSettings,
+    decode_update,
+)
 from client_sdk.trainer_data import resolve_device
 
 pytest.importorskip("peft")
@@ -47,9 +53,13 @@ def _small(data, n: int = 400):
 
 
 def _train(trainer: LoraTrainer, data, **kwargs) -> TrainResult:
+    adapter = AdapterConfig(
+        kwargs.pop("rank", 4),
+        lora_alpha=kwargs.pop("lora_alpha", 8.0),
+        use_rslora=kwargs.pop("use_rslora", False),
+        adapter_type=kwargs.pop("adapter_type", "lora"),
+    )
     args = {
-        "rank": 4,
-        "lora_alpha": 8.0,
         "incoming": {},
         "shared_parts": ALL_LORA,
         "train_data": _small(data),
@@ -57,13 +67,15 @@ def _train(trainer: LoraTrainer, data, **kwargs) -> TrainResult:
         "settings": SETTINGS,
     }
     args.update(kwargs)
-    return trainer.train(**args)
+    return trainer.train(adapter, **args)
 
 
 def _peft_shapes(trainer: LoraTrainer, rank: int, adapter_type: str = "lora") -> dict:
     from peft import get_peft_model_state_dict
 
-    model = trainer.load_model(rank=rank, lora_alpha=rank, adapter_type=adapter_type, incoming={})
+    model = trainer.load_model(
+        AdapterConfig(rank, lora_alpha=rank, adapter_type=adapter_type), incoming={}
+    )
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
 
 
@@ -133,11 +145,13 @@ def test_fedsa_keeps_b_and_head_private_and_they_reload_exactly(trainer, task, d
     fresh = LoraTrainer(task.build_model(seed=0), task.target_modules, task.head_modules)
     x = torch.as_tensor(data.x_test)
     with torch.no_grad():
-        a = trainer.load_model(rank=4, lora_alpha=8.0, incoming=shared, private=result.private)(x)
-        b = fresh.load_model(rank=4, lora_alpha=8.0, incoming=shared, private=private)(x)
+        a = trainer.load_model(
+            AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=result.private
+        )(x)
+        b = fresh.load_model(AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=private)(x)
     assert torch.equal(a, b)
     reloaded = fresh.evaluate(
-        rank=4, lora_alpha=8.0, incoming=shared, private=private, data=data.test
+        AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=private, data=data.test
     )
     assert reloaded["loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-6)
 
@@ -205,8 +219,8 @@ def test_rslora_changes_the_scale_and_trains(trainer, data):
     trained = decode_update(_train(trainer, data, rank=16, lora_alpha=16.0).update)[0]
     x = torch.as_tensor(data.x_test[:32])
     with torch.no_grad():
-        plain = trainer.load_model(rank=16, lora_alpha=16.0, incoming=trained)(x)
-        rs = trainer.load_model(rank=16, lora_alpha=16.0, use_rslora=True, incoming=trained)(x)
+        plain = trainer.load_model(AdapterConfig(16, lora_alpha=16.0), incoming=trained)(x)
+        rs = trainer.load_model(AdapterConfig(16, 16.0, use_rslora=True), incoming=trained)(x)
     assert not torch.allclose(plain, rs)  # scale alpha/sqrt(r) = 4 instead of alpha/r = 1
     result = _train(trainer, data, rank=16, lora_alpha=16.0, use_rslora=True)
     assert decode_update(result.update)[1]["use_rslora"] == "true"
@@ -247,10 +261,12 @@ def test_max_steps_and_other_optimizers(trainer, data, optimizer):
 
 def test_per_sample_losses_match_evaluate(trainer, data):
     incoming = decode_update(_train(trainer, data).update)[0]
-    losses = trainer.per_sample_losses(rank=4, lora_alpha=8.0, incoming=incoming, data=data.test)
+    losses = trainer.per_sample_losses(
+        AdapterConfig(4, lora_alpha=8.0), incoming=incoming, data=data.test
+    )
     assert losses.shape == (len(data.y_test),) and losses.dtype == np.float64
     assert (losses >= 0).all()
-    metrics = trainer.evaluate(rank=4, lora_alpha=8.0, incoming=incoming, data=data.test)
+    metrics = trainer.evaluate(AdapterConfig(4, lora_alpha=8.0), incoming=incoming, data=data.test)
     assert metrics["loss"] == pytest.approx(losses.mean(), rel=1e-5)
     assert metrics["n_samples"] == len(data.y_test)
 
@@ -259,8 +275,8 @@ def test_trainer_takes_a_factory_and_never_mutates_the_base(task, data):
     base = task.build_model(seed=0)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     LoraTrainer(base, task.target_modules, task.head_modules).train(
-        rank=4, lora_alpha=8.0, incoming={}, shared_parts=ALL_LORA, train_data=_small(data),
-        settings=SETTINGS,
+        AdapterConfig(4, lora_alpha=8.0), incoming={}, shared_parts=ALL_LORA,
+        train_data=_small(data), settings=SETTINGS,
     )  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     by_factory = LoraTrainer(
@@ -288,7 +304,7 @@ def test_federated_fedavg_sanity_without_a_server(task, data):
     trainer = LoraTrainer(task.build_model(seed=0), task.target_modules, task.head_modules)
     splits = _dirichlet_split(data.y_train, clients=4, alpha=0.5, seed=0)
     # Round 0: one shared initial adapter (A random from a recorded seed, B = 0), as a server does.
-    init = trainer.load_model(rank=8, lora_alpha=16.0, incoming={}, seed=42)
+    init = trainer.load_model(AdapterConfig(8, lora_alpha=16.0), incoming={}, seed=42)
     from peft import get_peft_model_state_dict
 
     global_sd = {k: v.detach().clone() for k, v in get_peft_model_state_dict(init).items()}
@@ -297,7 +313,7 @@ def test_federated_fedavg_sanity_without_a_server(task, data):
         updates, weights = [], []
         for k, idx in enumerate(splits):
             result = trainer.train(
-                rank=8, lora_alpha=16.0, incoming=global_sd, shared_parts=ALL_LORA,
+                AdapterConfig(8, lora_alpha=16.0), incoming=global_sd, shared_parts=ALL_LORA,
                 train_data=(data.x_train[idx], data.y_train[idx]),
                 settings=SETTINGS.replace(seed=1000 * rnd + k),
             )  # fmt: skip
@@ -309,7 +325,7 @@ def test_federated_fedavg_sanity_without_a_server(task, data):
             for key in updates[0]
         }
         accuracies.append(
-            trainer.evaluate(rank=8, lora_alpha=16.0, incoming=global_sd, data=data.test)[
+            trainer.evaluate(AdapterConfig(8, lora_alpha=16.0), incoming=global_sd, data=data.test)[
                 "accuracy"
             ]
         )

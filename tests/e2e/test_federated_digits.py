@@ -28,7 +28,7 @@ from client_sdk.rounds import LocalUpdate, Progress, RoundContext
 from client_sdk.simulate import BASE_SEED, make_shards, run_simulation, task_job_spec
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
-from client_sdk.trainer import LoraTrainer, decode_update
+from client_sdk.trainer import AdapterConfig, LoraTrainer, decode_update
 from client_sdk.training import LoraRound
 from server.demo import Evaluator
 from tests.live import LiveCoordinator, running_coordinator, wait_until
@@ -179,8 +179,8 @@ def test_fedsa_keeps_b_on_the_device_across_a_restart_and_learns(
     private, private_meta = decode_update(DeviceState(state_dir).load_private_bytes())
     assert any(".lora_B." in k for k in private) and private_meta["rank"] == str(me["rank"])
     evaluation = LoraTrainer(base, task.target_modules, task.head_modules).evaluate(
-        rank=me["rank"], lora_alpha=float(meta["lora_alpha"]), incoming=a_tensors,
-        private=private, data=(shards[0].x_val, shards[0].y_val),
+        AdapterConfig(me["rank"], lora_alpha=float(meta["lora_alpha"])),
+        incoming=a_tensors, private=private, data=(shards[0].x_val, shards[0].y_val),
     )  # fmt: skip
     assert evaluation["accuracy"] == pytest.approx(me["metrics"]["val_accuracy"], abs=1e-6)
     assert evaluation["loss"] == pytest.approx(me["metrics"]["val_loss"], rel=1e-5)
