@@ -10,11 +10,10 @@ import functools
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.db.models import ClientUpdate as UpdateRow
-from server.db.models import Job, Round, RoundStatus, UpdateStatus
+from server.db.models import Job, Round, RoundStatus
 from server.db.session import after_commit
 from server.services import rounds
 from server.services.runtime import Runtime
@@ -24,35 +23,10 @@ from server.services.strategies import spec_of
 log = logging.getLogger(__name__)
 
 
-def request_complete_rounds(session: Session, rt: Runtime, now: datetime) -> int:
-    """Send open rounds that already hold every sampled update to aggregation.
-
-    A safety net for the upload that completes a round: two concurrent last uploads on a
-    database that does not serialise transactions (PostgreSQL, READ COMMITTED) can each count
-    the other as missing, and the round would wait for its deadline.
-    """
-    accepted = (
-        select(func.count())
-        .where(UpdateRow.round_id == Round.id, UpdateRow.status == UpdateStatus.ACCEPTED)
-        .correlate(Round)
-        .scalar_subquery()
-    )
-    complete = session.scalars(
-        select(Round).where(
-            Round.status == RoundStatus.OPEN, Round.sampled > 0, accepted >= Round.sampled
-        )
-    ).all()
-    for rnd in complete:
-        log.warning("round %s (#%d) had every update but was still open", rnd.id, rnd.number)
-        rounds.request_aggregation(session, rt, rnd, now)
-    return len(complete)
-
-
 def periodic_check(session: Session, rt: Runtime, now: datetime) -> None:
     """What the scheduler (embedded thread or Celery beat) runs every ``scheduler_interval_s``:
-    passed deadlines, complete rounds still open, aggregations without progress."""
+    passed deadlines and aggregations without progress."""
     rounds.tick(session, rt, now)
-    request_complete_rounds(session, rt, now)
     redispatch_stale(session, rt, now)
 
 

@@ -142,14 +142,3 @@ def test_embedded_worker_runs_sharded_rounds(database_url: str, tmp_path: Path) 
             statuses = set(session.scalars(select(AggregationShard.status)))
             assert statuses == {"done"}
             assert len(list(session.scalars(select(Round)))) == 3
-
-
-def test_a_complete_round_left_open_is_sent_to_aggregation(api: TestClient) -> None:
-    rt, recorder, round_id, _ = aggregating_round(api)
-    with session_scope(rt.sessions) as session:  # as if two last uploads raced on Postgres
-        session.get_one(Round, round_id).status = "open"
-    with session_scope(rt.sessions) as session:
-        scheduler.periodic_check(session, rt, utcnow())
-    assert recorder.sent == [round_id, round_id]
-    with session_scope(rt.sessions) as session:
-        assert session.get_one(Round, round_id).status == "aggregating"
