@@ -8,6 +8,7 @@ clients. The steps that claim, commit and transition are in ``services.aggregati
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import uuid
@@ -34,13 +35,18 @@ class Work:
     previous_key: str
     updates: list[tuple[uuid.UUID, str, int, int]]  # client id, key, n_samples, rank
 
+    @functools.cached_property
+    def scales(self) -> dict[int, float]:
+        """The LoRA scale of each rank present, computed once (not once per update)."""
+        return {rank: client_scale(self.job, rank) for rank in {row[3] for row in self.updates}}
+
 
 def _client_update(work: Work, row: tuple[uuid.UUID, str, int, int], tensors: dict) -> ClientUpdate:
     client_id, _key, n_samples, rank = row
     return ClientUpdate(
         tensors=tensors,
         num_samples=n_samples,
-        scale=client_scale(work.job, rank),
+        scale=work.scales[rank],
         client_id=str(client_id),
     )
 
