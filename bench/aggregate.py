@@ -5,6 +5,9 @@ runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own: it shoul
 K, because updates are wrapped on the fly around a fixed pool of pre-generated adapters (larger
 than the L3 cache, so they are read from DRAM) and the accumulator is O(one adapter).
 
+Each configuration process sets up its allocator as ``flaas worker`` does
+(``server.memory.retain_freed_memory``; ``--glibc-defaults`` to compare without).
+
 "numpy GB/s" is a plain ``ndarray.sum()`` read of the same number of bytes, from a buffer as
 large as the pool, measured in the same process right after the aggregation: the machine's
 practical read bandwidth. "ratio" = folded GB/s / numpy GB/s.
@@ -16,8 +19,10 @@ import argparse
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SYNTH = {f"base_model.model.layers.{i}.proj": (768, 768) for i in range(6)}
 RANKS = (4, 8, 16, 32)
+FOLDED_PER_CONFIG = 2000  # updates folded in timed rounds per configuration (5 rounds at least)
 
 
 def minilm_modules() -> dict[str, tuple[int, int]]:
@@ -52,58 +58,74 @@ def minilm_modules() -> dict[str, tuple[int, int]]:
 
 
 def run_one(
-    name: str, k: int, modules: dict[str, tuple[int, int]], pool_mb: int, check: bool
+    name: str, k: int, modules: dict[str, tuple[int, int]], pool_mb: int, check: bool, retain: bool
 ) -> dict:
-    """Time one round of ``name`` over k clients (runs inside the child process)."""
+    """Time rounds of ``name`` over k clients (runs inside the child process)."""
     import torch
 
+    from server.memory import retain_freed_memory
+
+    if retain:
+        retain_freed_memory()  # as `flaas worker` does at start
+
     from server.aggregation import ClientUpdate, get_strategy, lora_scale
+    from server.tensors import load_adapter, save_adapter
 
     strategy = get_strategy(name, r_max=max(RANKS))
     rng = random.Random(0)
     gen = torch.Generator().manual_seed(0)
     pool: list[tuple[dict[str, torch.Tensor], int, int]] = []  # tensors, rank, bytes
     pool_bytes = 0
-    while pool_bytes < pool_mb * 2**20:
-        rank = rng.choice(RANKS)
-        spec = strategy.upload_spec(modules, rank)
-        tensors = {key: torch.randn(shape, generator=gen) * 0.01 for key, shape in spec.items()}
-        size = sum(t.numel() * t.element_size() for t in tensors.values())
-        pool.append((tensors, rank, size))
-        pool_bytes += size
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "update.safetensors"
+        while pool_bytes < pool_mb * 2**20:
+            rank = rng.choice(RANKS)
+            spec = strategy.upload_spec(modules, rank)
+            upload = {key: torch.randn(shape, generator=gen) * 0.01 for key, shape in spec.items()}
+            # Read back as a worker reads a stored update (one buffer, tensors as views).
+            path.write_bytes(save_adapter(upload))
+            tensors = load_adapter(path)
+            size = sum(t.numel() * t.element_size() for t in tensors.values())
+            pool.append((tensors, rank, size))
+            pool_bytes += size
     previous = strategy.initial_adapter(modules, rank=max(RANKS), seed=0)
+    scales = {rank: lora_scale(rank, 2.0 * rank) for rank in RANKS}  # once per job, as a worker
 
-    # Warm-up round: first calls into torch ops are slow; a worker process is long-lived.
-    warm = strategy.accumulator(previous)
-    for tensors, rank, _ in pool[-4:]:
-        warm.add(ClientUpdate(tensors, 1, lora_scale(rank, 2.0 * rank), "warm"))
-    warm.result()
+    def one_round(first: int) -> float:
+        acc = strategy.accumulator(previous)
+        for i in range(first, first + k):
+            tensors, rank, _ = pool[i % len(pool)]
+            acc.add(ClientUpdate(tensors, 10 + i % 7, scales[rank], f"c{i}"), check_finite=check)
+        acc.result()
+        return time.perf_counter()
 
-    # Bytes are counted outside the timed loop: bookkeeping is not aggregation work.
-    folded = sum(pool[i % len(pool)][2] for i in range(k))
-    start = time.perf_counter()
-    acc = strategy.accumulator(previous)
-    for i in range(k):
-        tensors, rank, _ = pool[i % len(pool)]
-        update = ClientUpdate(tensors, 10 + i % 7, lora_scale(rank, 2.0 * rank), f"c{i}")
-        acc.add(update, check_finite=check)
-    acc.result()
-    seconds = time.perf_counter() - start
+    # Round 0 warms up (first calls into torch ops are slow; a worker process is long-lived);
+    # each round folds the next K updates of the pool, and medians over the timed rounds are
+    # reported (a 100-client round takes milliseconds). Bytes are counted outside the timings.
+    seconds, folded = [], []
+    for r in range(max(5, FOLDED_PER_CONFIG // k) + 1):
+        start = time.perf_counter()
+        seconds.append(one_round(r * k) - start)
+        folded.append(sum(pool[i % len(pool)][2] for i in range(r * k, (r + 1) * k)))
 
     buf = np.ones(pool_bytes // 4, dtype=np.float32)
     buf.sum()  # warm the pages
-    reps, rest = divmod(folded, buf.nbytes)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        buf.sum()
-    buf[: rest // 4].sum()
-    read_s = time.perf_counter() - t0
+    read_s = []
+    for size in folded:  # the same bytes, read from DRAM (the buffer is larger than the L3)
+        reps, rest = divmod(size, buf.nbytes)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            buf.sum()
+        buf[: rest // 4].sum()
+        read_s.append(time.perf_counter() - t0)
     del buf
+    timed = list(zip(folded, seconds, read_s, strict=True))[1:]
     return {
-        "seconds": seconds,
-        "gb": folded / 1e9,
-        "gbps": folded / seconds / 1e9,
-        "np_gbps": folded / read_s / 1e9,
+        "seconds": statistics.median(t for _, t, _ in timed),
+        "gb": statistics.median(b for b, _, _ in timed) / 1e9,
+        "gbps": statistics.median(b / t / 1e9 for b, t, _ in timed),
+        "np_gbps": statistics.median(b / r / 1e9 for b, _, r in timed),
+        "ratio": statistics.median(r / t for _, t, r in timed),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pool_mb": pool_bytes / 2**20,
     }
@@ -112,11 +134,19 @@ def run_one(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--one", nargs=5, metavar=("NAME", "K", "MODULES", "POOL_MB", "CHECK"))
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="keep glibc's allocator defaults instead of the worker's (server/memory.py)",
+    )
+    parser.add_argument(
+        "--one", nargs=6, metavar=("NAME", "K", "MODULES", "POOL_MB", "CHECK", "RETAIN")
+    )
     args = parser.parse_args()
     if args.one:
-        name, k, mods, pool_mb, check = args.one
-        print(json.dumps(run_one(name, int(k), json.loads(mods), int(pool_mb), check == "1")))
+        name, k, mods, pool_mb, check, retain = args.one
+        result = run_one(name, int(k), json.loads(mods), int(pool_mb), check == "1", retain == "1")
+        print(json.dumps(result))
         return
 
     ks = (10, 100) if args.quick else (10, 100, 1000)
@@ -138,7 +168,9 @@ def main() -> None:
     for adapter, modules in adapters.items():
         rows = plan if adapter == "6x768x768" else [p for p in plan if p[0] in ("rbla", "fedsa")]
         for name, k, check in rows:
+            retain = str(int(not args.glibc_defaults))
             args_one = ["--one", name, str(k), json.dumps(modules), str(pool_mb), str(int(check))]
+            args_one.append(retain)
             out = subprocess.run(
                 [sys.executable, __file__, *args_one], check=True, capture_output=True, text=True
             )
@@ -146,11 +178,16 @@ def main() -> None:
             print(
                 f"{name:<9} {adapter:<12} {'yes' if check else 'no':<4} {k:>5} "
                 f"{r['seconds']:>9.4f} {r['gb']:>10.3f} "
-                f"{r['gbps']:>7.2f} {r['np_gbps']:>10.2f} {r['gbps'] / r['np_gbps']:>6.2f} "
+                f"{r['gbps']:>7.2f} {r['np_gbps']:>10.2f} {r['ratio']:>6.2f} "
                 f"{r['peak_rss_mb']:>11.0f}",
                 flush=True,
             )
-    print(f"\nupdates cycle through a fixed pool of ~{pool_mb} MB of pre-generated adapters.")
+    print(f"\nupdates cycle through a fixed pool of ~{pool_mb} MB of pre-generated adapters;")
+    print(
+        "allocator: glibc defaults"
+        if args.glibc_defaults
+        else "allocator: a worker's (server.memory.retain_freed_memory)"
+    )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,11 @@ def _app() -> Any:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker consuming the aggregation queue (blocks until stopped)."""
+    from server.memory import retain_freed_memory
     from server.tasks.config import QUEUE
 
     app = _app()
+    retain_freed_memory()  # inherited by the pool's forked processes
     argv = [
         "worker",
         f"--concurrency={args.concurrency}",

@@ -2,9 +2,11 @@
 
 Every strategy in this package is a ratio of sums: a numerator tensor of the global shape
 (sum of weighted, scale-folded client tensors, zero where a client lacks a slice) and a
-denominator per rank slice. Sums make the accumulator streaming (memory = one global adapter,
-whatever the number of clients) and shardable (partial sums from disjoint client subsets add up
-exactly), and the final division happens once, in :meth:`Accumulator.result`.
+denominator per rank slice. Sums make the accumulator streaming (memory = a few global
+adapters, whatever the number of clients) and shardable (partial sums from disjoint client
+subsets add up exactly), and the final division happens once, in :meth:`Accumulator.result`.
+Updates are first summed per upload layout, flat (``layout_sum``), so that a packed update
+(``packed``) costs one add, not one per tensor.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch
 
 from server.aggregation.errors import AggregationError
 from server.aggregation.keys import SLICE_DIM, Kind, classify, full_shape, tail_shape
+from server.aggregation.layout_sum import LayoutSum
 from server.aggregation.update import ClientUpdate
 from server.aggregation.validation import (
     BatchChecker,
     Inspected,
     Layout,
+    Signature,
     layout_from_previous,
     previous_rank,
 )
@@ -36,6 +40,7 @@ _COUNTS = "__counts__"  # int64 [num_updates, total_samples]
 _COVERAGE = "__coverage__"  # int64 (R,): samples that trained each slice
 _NUM = "num::"
 _DEN = "den::"
+_SUMS_BUDGET = 2  # per-layout sums held before draining, in rank-R numerators
 
 
 class Accumulator:
@@ -43,7 +48,8 @@ class Accumulator:
 
     Use ``add`` per update, ``merge`` to combine partial aggregates computed elsewhere (e.g.
     restored with ``Strategy.accumulator_from_state``), and ``result`` for the new global
-    adapter. Memory is one float32 global adapter plus O(R) counters, independent of K.
+    adapter. Memory is at most three float32 global adapters (the rank-R numerators and the
+    per-layout sums) plus O(R) counters, independent of K.
     """
 
     def __init__(
@@ -63,13 +69,13 @@ class Accumulator:
         self._checker = BatchChecker(strategy, layout, None if self._growable else self._rank)
         self._num: Tensors = {}
         self._den: dict[str, float] = defaultdict(float)
-        self._coverage = torch.zeros(self._rank, dtype=torch.int64)
-        self._views: dict[tuple[str, int], torch.Tensor] = {}
-        # Contiguous per-rank buffers for column-sliced (B) numerators, flushed into _num
-        # before anything reads it: adding a (d_out, r) update into the strided view
-        # num[:, :r] costs two to three times a contiguous add.
-        self._side: dict[tuple[str, int], torch.Tensor] = {}
-        self._plans: dict[tuple, dict[str, tuple[list[str], list[torch.Tensor], bool]]] = {}
+        self._samples_by_rank: dict[int, int] = defaultdict(int)
+        self._coverage_memo: tuple[tuple[int, int, int], torch.Tensor] | None = None
+        # Updates are summed per upload layout first (flat, see layout_sum) and drained into
+        # the rank-R numerators before anything reads them; at most _SUMS_BUDGET numerators'
+        # worth of elements is held that way.
+        self._sums: dict[Signature, LayoutSum] = {}
+        self._sums_numel = 0
         self.num_updates = 0
         self.total_samples = 0
 
@@ -84,88 +90,65 @@ class Accumulator:
         if info.rank > self._rank:
             self._grow(info.rank)
         self._fold(update, info)
-        self._coverage[: info.rank] += update.num_samples
+        self._samples_by_rank[info.rank] += update.num_samples
         self.num_updates += 1
         self.total_samples += update.num_samples
 
     def _fold(self, update: ClientUpdate, info: Inspected) -> None:
+        sums = self._sums.get(info.signature)
+        if sums is None:
+            sums = self._new_sum(info)
         weights = self.strategy.fold_weights(update)
-        if weights is None or not info.signature:
-            self._fold_per_key(update, info)
+        if weights is not None:
+            sums.add(update.tensors, weights)
             return
-        plan = self._plans.get(info.signature)
-        if plan is None:
-            plan = self._plans[info.signature] = self._plan(update, info)
-        tensors = update.tensors
-        # One fused call per weight class: per-op dispatch overhead, not bandwidth, dominates
-        # for adapter-sized tensors, so batching the adds is what gets the fold near memory speed.
-        for weight_class, (keys, views, cast) in plan.items():
-            srcs = [tensors[k].float() for k in keys] if cast else [tensors[k] for k in keys]
-            torch._foreach_add_(views, srcs, alpha=weights[weight_class])
-
-    def _plan(
-        self, update: ClientUpdate, info: Inspected
-    ) -> dict[str, tuple[list[str], list[torch.Tensor], bool]]:
-        plan: dict[str, tuple[list[str], list[torch.Tensor], bool]] = {}
-        for key, tensor in update.tensors.items():
-            kind = info.kinds[key]
-            weight_class = "lora" if kind in ("A", "B") else kind
-            keys, views, cast = plan.setdefault(weight_class, ([], [], False))
-            keys.append(key)
-            views.append(self._view(key, kind, tensor, info.rank))
-            plan[weight_class] = (keys, views, cast or tensor.dtype != torch.float32)
-        return plan
-
-    def _fold_per_key(self, update: ClientUpdate, info: Inspected) -> None:
         coefficients, den = self.strategy.coefficients(update, info)
-        groups: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-        for key, tensor in update.tensors.items():
-            dst, src = groups.setdefault(coefficients[key], ([], []))
-            dst.append(self._view(key, info.kinds[key], tensor, info.rank))
-            src.append(tensor if tensor.dtype == torch.float32 else tensor.float())
-        for alpha, (dst, src) in groups.items():
-            torch._foreach_add_(dst, src, alpha=alpha)
+        sums.add_per_key(update.tensors, coefficients)
         for group, value in den.items():
             self._den[group] += value
 
-    def _view(self, key: str, kind: Kind, tensor: torch.Tensor, rank: int) -> torch.Tensor:
-        cached = self._views.get((key, rank))
-        if cached is not None:
-            return cached
-        if key not in self._num:
-            tail = tail_shape(kind, tuple(tensor.shape))
-            self._num[key] = torch.zeros(full_shape(kind, tail, self._rank), dtype=torch.float32)
-        num = self._num[key]
-        dim = SLICE_DIM[kind]
-        if dim is None:
-            view = num
-        elif dim == num.ndim - 1 and rank < self._rank and num.ndim > 1:
-            view = self._side[(key, rank)] = torch.zeros(
-                full_shape(kind, tail_shape(kind, tuple(num.shape)), rank), dtype=torch.float32
-            )
-        else:
-            view = num.narrow(dim, 0, rank)
-        self._views[(key, rank)] = view
-        return view
+    def _new_sum(self, info: Inspected) -> LayoutSum:
+        sums = LayoutSum(info.signature, info.kinds, info.rank)
+        if self._sums and self._sums_numel + sums.numel > _SUMS_BUDGET * self._full_numel():
+            self._drain()
+        self._sums[info.signature] = sums
+        self._sums_numel += sums.numel
+        return sums
 
-    def _flush(self) -> None:
-        """Fold the per-rank B buffers into the rank-R numerators (and zero them for reuse)."""
-        for (key, rank), side in self._side.items():
-            self._num[key].narrow(side.ndim - 1, 0, rank).add_(side)
-            side.zero_()
+    def _full_numel(self) -> int:
+        """Elements of a rank-R upload of the current layout."""
+        layout = self._checker.layout
+        entries = layout.entries.values() if layout is not None else ()
+        return sum(math.prod(full_shape(kind, tail, self._rank)) for kind, tail in entries)
+
+    def _drain(self) -> None:
+        """Add the per-layout sums into the rank-R numerators and free them."""
+        if not self._num:
+            # A rank-R layout's sums already have the numerators' shapes: adopt them instead
+            # of copying them into fresh memory.
+            full = next((sig for sig, s in self._sums.items() if s.rank == self._rank), None)
+            if full is not None:
+                self._num = dict(self._sums.pop(full).views)
+        for sums in self._sums.values():
+            sums.drain_into(self._numerator)
+        self._sums.clear()
+        self._sums_numel = 0
+
+    def _numerator(self, key: str, kind: Kind, shape: torch.Size) -> torch.Tensor:
+        num = self._num.get(key)
+        if num is None:
+            num = torch.zeros(full_shape(kind, tail_shape(kind, tuple(shape)), self._rank))
+            self._num[key] = num
+        return num
 
     def _grow(self, rank: int) -> None:
-        self._flush()
-        self._side.clear()
+        self._drain()
         for key, num in self._num.items():
             dim = SLICE_DIM[classify(key)[0]]
             if dim is not None:
                 pad = [0, 0] * (num.ndim - 1 - dim) + [0, rank - self._rank]
                 self._num[key] = torch.nn.functional.pad(num, pad)
-        self._coverage = torch.nn.functional.pad(self._coverage, [0, rank - self._rank])
         self._rank = rank
-        self._views.clear()
-        self._plans.clear()
 
     # ------------------------------------------------------------------ combining
     def merge(self, other: Accumulator) -> None:
@@ -175,8 +158,8 @@ class Accumulator:
                 f"cannot merge a {other.strategy.name!r} accumulator into a "
                 f"{self.strategy.name!r} one"
             )
-        self._flush()
-        other._flush()
+        self._drain()
+        other._drain()
         if other._rank != self._rank:
             if not self._growable or other._rank < self._rank:
                 raise AggregationError(
@@ -196,7 +179,8 @@ class Accumulator:
                 mine.add_(num)
         for group, value in other._den.items():
             self._den[group] += value
-        self._coverage += other._coverage
+        for rank, samples in other._samples_by_rank.items():
+            self._samples_by_rank[rank] += samples
         self.num_updates += other.num_updates
         self.total_samples += other.total_samples
         if self._checker.layout is None:
@@ -204,7 +188,18 @@ class Accumulator:
 
     def coverage(self) -> list[float]:
         """For each global slice i < R: total num_samples of the added clients that have it."""
-        return [float(v) for v in self._coverage.tolist()]
+        covered, running = [0.0] * self._rank, 0
+        for i in range(self._rank - 1, -1, -1):
+            running += self._samples_by_rank.get(i + 1, 0)
+            covered[i] = float(running)
+        return covered
+
+    def coverage_tensor(self) -> torch.Tensor:
+        """:meth:`coverage` as a float32 tensor (R,); one object until the sums change."""
+        version = (self.num_updates, self.total_samples, self._rank)
+        if self._coverage_memo is None or self._coverage_memo[0] != version:
+            self._coverage_memo = (version, torch.tensor(self.coverage(), dtype=torch.float32))
+        return self._coverage_memo[1]
 
     def denominator(self, group: str) -> float:
         """A strategy-specific denominator accumulated under ``group`` (0.0 if never added)."""
@@ -222,10 +217,10 @@ class Accumulator:
         The previous global adapter is not included: pass it again to
         ``Strategy.accumulator_from_state`` (or merge into an accumulator that has it).
         """
-        self._flush()
+        self._drain()
         out: Tensors = {
             _COUNTS: torch.tensor([self.num_updates, self.total_samples], dtype=torch.int64),
-            _COVERAGE: self._coverage.clone(),
+            _COVERAGE: torch.tensor(self.coverage(), dtype=torch.int64),
         }
         for key, num in self._num.items():
             out[_NUM + key] = num.clone().contiguous()
@@ -247,7 +242,7 @@ class Accumulator:
                 raise AggregationError(f"state has rank {rank} but this job has rank {self._rank}")
             self._rank = rank
         self.num_updates, self.total_samples = (int(v) for v in counts.tolist())
-        self._coverage = coverage.to(torch.int64).clone()
+        self._samples_by_rank = _samples_by_rank(coverage)
         for key, value in state.items():
             if key.startswith(_NUM):
                 self._num[key[len(_NUM) :]] = value.to(torch.float32).clone().contiguous()
@@ -268,9 +263,11 @@ class Accumulator:
     # ------------------------------------------------------------------ the result
     def result(self) -> Tensors:
         """The new global adapter (rank R, float32, contiguous, previous keys preserved)."""
-        self._flush()
+        self._drain()
         self._check_finite_sums()
         out = self._previous_copy()
+        # Strategies share one divisor across keys (or modules): prepare each one once.
+        prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for key, num in self._num.items():
             kind, module = classify(key)
             dim = SLICE_DIM[kind]
@@ -278,11 +275,16 @@ class Accumulator:
                 out[key] = num / float(self.total_samples)
                 continue
             div = self.strategy.divisor(self, key, module)
+            if id(div) not in prepared:
+                # num is exactly zero on uncovered slices: a clamped divisor yields zeros there.
+                tiny = torch.finfo(torch.float32).tiny
+                prepared[id(div)] = (div, div.clamp_min(tiny), (div <= 0).nonzero().flatten())
+            _, clamped, uncovered = prepared[id(div)]
             shape = [1] * num.ndim
             shape[dim] = self._rank
-            # num is exactly zero on uncovered slices, so clamping the divisor yields zeros there.
-            res = num / div.clamp_min(torch.finfo(torch.float32).tiny).view(shape)
-            self._restore_uncovered(key, dim, div, res)
+            res = num / clamped.view(shape)
+            if uncovered.numel():
+                self._restore_uncovered(key, dim, uncovered, res)
             out[key] = res.contiguous()
         return out
 
@@ -307,10 +309,23 @@ class Accumulator:
             if k not in self._num
         }
 
-    def _restore_uncovered(self, key: str, dim: int, div: torch.Tensor, res: torch.Tensor) -> None:
+    def _restore_uncovered(
+        self, key: str, dim: int, uncovered: torch.Tensor, res: torch.Tensor
+    ) -> None:
         if self.strategy.uncovered != "keep" or not self._previous or key not in self._previous:
             return
-        idx = (div <= 0).nonzero().flatten()
-        if idx.numel():
-            prev = self._previous[key].to(torch.float32)
-            res.index_copy_(dim, idx, prev.index_select(dim, idx))
+        prev = self._previous[key].to(torch.float32)
+        res.index_copy_(dim, uncovered, prev.index_select(dim, uncovered))
+
+
+def _samples_by_rank(coverage: torch.Tensor) -> defaultdict[int, int]:
+    """Invert :meth:`Accumulator.coverage`: slice i is covered by every rank above i."""
+    covered = [int(v) for v in coverage.tolist()] + [0]
+    by_rank: defaultdict[int, int] = defaultdict(int)
+    for rank in range(len(covered) - 1, 0, -1):
+        samples = covered[rank - 1] - covered[rank]
+        if samples < 0 or covered[rank] < 0:
+            raise AggregationError("not an accumulator state: coverage increases with the slice")
+        if samples:
+            by_rank[rank] = samples
+    return by_rank

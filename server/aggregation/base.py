@@ -202,7 +202,7 @@ class Strategy:
 
         Default (RBLA rule): slice i is divided by the samples of the clients that have it.
         """
-        return torch.tensor(acc.coverage(), dtype=torch.float32)
+        return acc.coverage_tensor()
 
     # ------------------------------------------------------------------ distribution
     def distribute(

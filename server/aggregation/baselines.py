@@ -44,7 +44,7 @@ class ZeroPad(Strategy):
 
     def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
         """Every covered slice is divided by the total sample count."""
-        cov = torch.tensor(acc.coverage(), dtype=torch.float32)
+        cov = acc.coverage_tensor()
         return torch.where(cov > 0, float(acc.total_samples), 0.0)
 
 
@@ -86,6 +86,6 @@ class HetLoRA(Strategy):
 
     def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
         """Every covered slice of ``module`` is divided by Z = sum of that module's weights."""
-        cov = torch.tensor(acc.coverage(), dtype=torch.float32)
+        cov = acc.coverage_tensor()
         z = acc.denominator(module)
         return torch.where(cov > 0, float(z), 0.0)

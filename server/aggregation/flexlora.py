@@ -50,8 +50,7 @@ class FlexLoRAAccumulator(Accumulator):
         return None
 
     def _grow(self, rank: int) -> None:
-        # Dense numerators carry no rank; only the coverage counter grows.
-        self._coverage = torch.nn.functional.pad(self._coverage, [0, rank - self._rank])
+        # Dense numerators carry no rank; only R (and with it the coverage) grows.
         self._rank = rank
 
     def result(self) -> Tensors:

@@ -16,6 +16,7 @@ import torch
 
 from server.aggregation.errors import AggregationError
 from server.aggregation.keys import Kind, classify, expected_ndim, rank_of, tail_shape
+from server.aggregation.packed import PackedTensors, Signature
 from server.aggregation.update import ClientUpdate, check_update_header
 
 if TYPE_CHECKING:
@@ -32,22 +33,21 @@ class Layout:
     source: str = "the first update"
 
 
-Signature = tuple[tuple[str, torch.Size, torch.dtype], ...]
-
-
 @dataclass
 class Inspected:
     """What a structurally valid update contains (``signature``: its keys, shapes, dtypes)."""
 
     rank: int
     kinds: dict[str, Kind]
-    signature: Signature = ()
+    signature: Signature = Signature(())
 
 
 def signature_of(update: ClientUpdate) -> Signature | None:
     """Keys, shapes and dtypes of an update (None if some value is not a tensor)."""
+    if type(update.tensors) is PackedTensors:
+        return update.tensors.signature
     try:
-        return tuple((k, t.shape, t.dtype) for k, t in update.tensors.items())
+        return Signature((k, t.shape, t.dtype) for k, t in update.tensors.items())
     except AttributeError:
         return None
 
@@ -94,9 +94,9 @@ class BatchChecker:
         info = self._accepted.get(sig) if sig is not None else None
         if info is None:
             info = self._inspect_structure(update)
-            if sig is not None and len(self._accepted) < 256:
-                info.signature = sig
-                self._accepted[sig] = info
+            info.signature = sig or Signature(())  # a valid update always has one
+            if len(self._accepted) < 256:
+                self._accepted[info.signature] = info
         if self.strategy.equal_ranks:
             self._check_equal_rank(info.rank, update.client_id, next(iter(update.tensors)))
         if check_finite:
