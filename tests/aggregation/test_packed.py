@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.aggregation import ClientUpdate, available_strategies, get_strategy
+from server.aggregation import AggregationError, ClientUpdate, available_strategies, get_strategy
 from server.aggregation.packed import PackedTensors
 from server.aggregation.validation import signature_of
 
@@ -128,3 +128,15 @@ def test_equal_layouts_share_one_signature() -> None:
     assert one.signature is two.signature
     plain = signature_of(ClientUpdate(dict(one), 1))
     assert plain == one.signature and hash(plain) == hash(one.signature)
+
+
+def test_a_packed_update_with_nan_is_refused_naming_the_tensor() -> None:
+    strategy = get_strategy("rbla", r_max=2)
+    spec = strategy.upload_spec(MODS, 2)
+    tensors = {k: torch.ones(s) for k, s in spec.items()}
+    tensors["base_model.model.v.lora_A.weight"][1, 2] = float("nan")
+    update = ClientUpdate(pack(tensors, sorted(tensors)), 3, client_id="c1")
+    with pytest.raises(AggregationError, match="NaN") as err:
+        strategy.accumulator().add(update)
+    assert err.value.tensor == "base_model.model.v.lora_A.weight"
+    assert err.value.client_id == "c1"
