@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.db.models import Client, Job, JobStatus, utcnow
+from server.db.paging import page
 from server.errors import InvalidRequest, NotFound
 from server.schemas.job_spec import JobSpec
 from server.security import JOIN_TOKEN_PREFIX, hash_secret, new_secret
@@ -98,11 +99,7 @@ def list_jobs(
     query = select(Job)
     if status is not None:
         query = query.where(Job.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = list(
-        session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
-    )
-    return jobs, total
+    return page(session, query, Job.created_at.desc(), Job.id, limit=limit, offset=offset)
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:

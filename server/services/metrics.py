@@ -17,6 +17,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, UpdateStatus, utcnow
+from server.db.paging import page
 from server.errors import NotFound
 from server.schemas.api import UpdateOut
 from server.schemas.metrics import (
@@ -237,13 +238,13 @@ def round_updates(
     where = [ClientUpdate.round_id == round_id]
     if status is not None:
         where.append(ClientUpdate.status == status)
-    total = session.scalar(select(func.count()).select_from(ClientUpdate).where(*where)) or 0
-    updates = session.scalars(
-        select(ClientUpdate)
-        .where(*where)
-        .order_by(ClientUpdate.assigned_at, ClientUpdate.id)
-        .limit(limit)
-        .offset(offset)
+    updates, total = page(
+        session,
+        select(ClientUpdate).where(*where),
+        ClientUpdate.assigned_at,
+        ClientUpdate.id,
+        limit=limit,
+        offset=offset,
     )
     return [UpdateOut.model_validate(u) for u in updates], total
 

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Round, UpdateStatus
+from server.db.paging import page
 from server.errors import NotFound
 from server.schemas.api import ClientOut, GlobalAdapterOut, RoundDetail, RoundOut, UpdateOut
 from server.services.jobs import get_job
@@ -44,19 +45,8 @@ def rounds_page(
     session: Session, job_id: uuid.UUID, *, limit: int, offset: int
 ) -> tuple[list[Round], int]:
     """A page of the job's rounds by number, and how many it has in all."""
-    total = (
-        session.scalar(select(func.count()).select_from(Round).where(Round.job_id == job_id)) or 0
-    )
-    rounds = list(
-        session.scalars(
-            select(Round)
-            .where(Round.job_id == job_id)
-            .order_by(Round.number)
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    return rounds, total
+    query = select(Round).where(Round.job_id == job_id)
+    return page(session, query, Round.number, limit=limit, offset=offset)
 
 
 def list_rounds(
@@ -94,18 +84,8 @@ def list_clients(
     session: Session, job_id: uuid.UUID, *, limit: int, offset: int
 ) -> tuple[list[ClientOut], int]:
     get_job(session, job_id)
-    total = (
-        session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job_id)) or 0
-    )
-    clients = list(
-        session.scalars(
-            select(Client)
-            .where(Client.job_id == job_id)
-            .order_by(Client.enrolled_at, Client.id)
-            .limit(limit)
-            .offset(offset)
-        )
-    )
+    query = select(Client).where(Client.job_id == job_id)
+    clients, total = page(session, query, Client.enrolled_at, Client.id, limit=limit, offset=offset)
     contributed = dict(
         session.execute(
             select(ClientUpdate.client_id, func.count())

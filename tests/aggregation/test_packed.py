@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from server.aggregation import AggregationError, ClientUpdate, available_strategies, get_strategy
 from server.aggregation.packed import PackedTensors
 from server.aggregation.validation import signature_of
+from tests.aggregation.test_streaming import close
 
 MODS = {"base_model.model.q": (8, 6), "base_model.model.v": (8, 4)}
 EXTRA = {"classifier.weight": (3, 8), "classifier.bias": (3,)}
@@ -22,12 +23,6 @@ EXTRA = {"classifier.weight": (3, 8), "classifier.bias": (3,)}
 def pack(tensors: dict[str, torch.Tensor], order: list[str]) -> PackedTensors:
     flat = torch.cat([tensors[k].reshape(-1) for k in order])
     return PackedTensors(flat, [(k, tensors[k].shape) for k in order])
-
-
-def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert set(a) == set(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", available_strategies())
