@@ -88,8 +88,12 @@ class LayoutSum:
             if len(self._runs) > 1:
                 for cls, start, stop in self._runs:
                     self.buffer[start:stop].add_(packed[start:stop], alpha=weights[cls])
-            elif self._buffer is None:
-                self._buffer = packed.to(torch.float32, copy=True).mul_(weights[self._runs[0][0]])
+            elif self._buffer is None:  # the scaled copy, in one pass for float32
+                alpha = weights[self._runs[0][0]]
+                if packed.dtype == torch.float32:
+                    self._buffer = packed.mul(alpha)
+                else:
+                    self._buffer = packed.float().mul_(alpha)
             else:
                 self._buffer.add_(packed, alpha=weights[self._runs[0][0]])
             return

@@ -35,11 +35,23 @@ class Layout:
 
 @dataclass
 class Inspected:
-    """What a structurally valid update contains (``signature``: its keys, shapes, dtypes)."""
+    """What a structurally valid update contains (``signature``: its keys, shapes, dtypes).
+
+    ``entries`` is its layout (key -> (kind, shape without the rank dimension)) and
+    ``rank_key`` the first tensor that carries its rank, for error messages.
+    """
 
     rank: int
     kinds: dict[str, Kind]
+    entries: dict[str, tuple[Kind, tuple[int, ...]]]
+    rank_key: str
     signature: Signature = Signature(())
+
+
+# Structural facts depend only on the strategy's class and the signature, so they are shared by
+# every accumulator (a worker makes one per round) of every job; only successes are cached.
+_STRUCTURES_MAX = 1024
+_structures: dict[tuple[type, Signature], Inspected] = {}
 
 
 def signature_of(update: ClientUpdate) -> Signature | None:
@@ -93,95 +105,44 @@ class BatchChecker:
         sig = signature_of(update)
         info = self._accepted.get(sig) if sig is not None else None
         if info is None:
-            info = self._inspect_structure(update)
-            info.signature = sig or Signature(())  # a valid update always has one
-            if len(self._accepted) < 256:
-                self._accepted[info.signature] = info
+            info = self._accept(update, sig)
         if self.strategy.equal_ranks:
             self._check_equal_rank(info.rank, update.client_id, next(iter(update.tensors)))
         if check_finite:
             check_finite_values(update)
         return info
 
-    def _inspect_structure(self, update: ClientUpdate) -> Inspected:
-        who = update.client_id
-        strategy = self.strategy
-        kinds: dict[str, Kind] = {}
-        ranks: dict[int, str] = {}
-        for key, tensor in update.tensors.items():
-            if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
-                raise AggregationError("keys must be str and values torch.Tensor", client_id=who)
-            kind, _ = classify(key)
-            if not strategy.is_uploaded(kind):
-                raise AggregationError(
-                    f"must not be uploaded under strategy {strategy.name!r} "
-                    f"(clients upload only: {strategy.describe_upload()})",
-                    client_id=who,
-                    tensor=key,
-                )
-            if tensor.dtype not in _FLOAT_DTYPES:
-                raise AggregationError(
-                    f"dtype {tensor.dtype} is not a floating type "
-                    "(float16, bfloat16, float32 or float64)",
-                    client_id=who,
-                    tensor=key,
-                )
-            ndim = expected_ndim(kind)
-            if ndim is not None and tensor.ndim != ndim:
-                raise AggregationError(
-                    f"expected a {ndim}-D tensor, got shape {tuple(tensor.shape)}",
-                    client_id=who,
-                    tensor=key,
-                )
-            r = rank_of(kind, tuple(tensor.shape))
-            if r is not None:
-                ranks.setdefault(r, key)
-            kinds[key] = kind
-        if len(ranks) > 1:
-            detail = ", ".join(f"{k!r} has rank {r}" for r, k in ranks.items())
-            raise AggregationError(f"one rank per client expected, but {detail}", client_id=who)
-        if not ranks:
+    def _accept(self, update: ClientUpdate, sig: Signature | None) -> Inspected:
+        """Checks of a layout not yet seen by this checker: structure, rank limit, layout."""
+        cache_key = (type(self.strategy), sig) if sig is not None else None
+        info = _structures.get(cache_key) if cache_key is not None else None
+        if info is None:
+            info = inspect_structure(self.strategy, update)
+            if cache_key is not None:
+                info.signature = cache_key[1]
+                if len(_structures) >= _STRUCTURES_MAX:
+                    _structures.clear()
+                _structures[cache_key] = info
+        if self.r_limit is not None and info.rank > self.r_limit:
             raise AggregationError(
-                f"no rank-bearing tensor ({strategy.describe_upload()}) in the update",
-                client_id=who,
+                f"rank {info.rank} exceeds the job's maximum rank r_max={self.r_limit}",
+                client_id=update.client_id,
+                tensor=info.rank_key,
             )
-        rank, rank_key = next(iter(ranks.items()))
-        if rank < 1:
-            raise AggregationError("rank 0 tensors are not allowed", client_id=who, tensor=rank_key)
-        if self.r_limit is not None and rank > self.r_limit:
-            raise AggregationError(
-                f"rank {rank} exceeds the job's maximum rank r_max={self.r_limit}",
-                client_id=who,
-                tensor=rank_key,
-            )
-        self._check_pairs(update, kinds)
-        self._check_layout(update, kinds)
-        return Inspected(rank=rank, kinds=kinds)
+        self._check_layout(update, info)
+        if len(self._accepted) < 256:
+            self._accepted[info.signature] = info
+        return info
 
-    def _check_pairs(self, update: ClientUpdate, kinds: dict[str, Kind]) -> None:
-        # A lone A (or B) cannot be averaged meaningfully when the strategy shares both.
-        if not (self.strategy.is_uploaded("A") and self.strategy.is_uploaded("B")):
-            return
-        for key, kind in kinds.items():
-            if kind in ("A", "B"):
-                other = "B" if kind == "A" else "A"
-                partner = key.replace(f".lora_{kind}.weight", f".lora_{other}.weight")
-                if partner not in kinds:
-                    raise AggregationError(
-                        f"has lora_{kind} but the matching {partner!r} is missing",
-                        client_id=update.client_id,
-                        tensor=key,
-                    )
-
-    def _check_layout(self, update: ClientUpdate, kinds: dict[str, Kind]) -> None:
+    def _check_layout(self, update: ClientUpdate, info: Inspected) -> None:
         who = update.client_id
-        mine = {
-            k: (kind, tail_shape(kind, tuple(update.tensors[k].shape))) for k, kind in kinds.items()
-        }
+        mine = info.entries
         if self.layout is None:
-            self.layout = Layout(entries=mine, source=f"client {who!r}")
+            self.layout = Layout(entries=dict(mine), source=f"client {who!r}")
             return
         expected = self.layout.entries
+        if expected == mine:
+            return
         for key in expected:
             if key not in mine:
                 raise AggregationError(
@@ -214,6 +175,74 @@ class BatchChecker:
                 client_id=who,
                 tensor=key,
             )
+
+
+def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
+    """Keys, dtypes, dimensions, the one rank and the A/B pairs of an update (not its layout)."""
+    who = update.client_id
+    kinds: dict[str, Kind] = {}
+    ranks: dict[int, str] = {}
+    for key, tensor in update.tensors.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise AggregationError("keys must be str and values torch.Tensor", client_id=who)
+        kind, _ = classify(key)
+        if not strategy.is_uploaded(kind):
+            raise AggregationError(
+                f"must not be uploaded under strategy {strategy.name!r} "
+                f"(clients upload only: {strategy.describe_upload()})",
+                client_id=who,
+                tensor=key,
+            )
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise AggregationError(
+                f"dtype {tensor.dtype} is not a floating type "
+                "(float16, bfloat16, float32 or float64)",
+                client_id=who,
+                tensor=key,
+            )
+        ndim = expected_ndim(kind)
+        if ndim is not None and tensor.ndim != ndim:
+            raise AggregationError(
+                f"expected a {ndim}-D tensor, got shape {tuple(tensor.shape)}",
+                client_id=who,
+                tensor=key,
+            )
+        r = rank_of(kind, tuple(tensor.shape))
+        if r is not None:
+            ranks.setdefault(r, key)
+        kinds[key] = kind
+    if len(ranks) > 1:
+        detail = ", ".join(f"{k!r} has rank {r}" for r, k in ranks.items())
+        raise AggregationError(f"one rank per client expected, but {detail}", client_id=who)
+    if not ranks:
+        raise AggregationError(
+            f"no rank-bearing tensor ({strategy.describe_upload()}) in the update",
+            client_id=who,
+        )
+    rank, rank_key = next(iter(ranks.items()))
+    if rank < 1:
+        raise AggregationError("rank 0 tensors are not allowed", client_id=who, tensor=rank_key)
+    _check_pairs(strategy, update, kinds)
+    entries = {
+        k: (kind, tail_shape(kind, tuple(update.tensors[k].shape))) for k, kind in kinds.items()
+    }
+    return Inspected(rank=rank, kinds=kinds, entries=entries, rank_key=rank_key)
+
+
+def _check_pairs(strategy: Strategy, update: ClientUpdate, kinds: dict[str, Kind]) -> None:
+    # A lone A (or B) cannot be averaged meaningfully when the strategy shares both.
+    if not (strategy.is_uploaded("A") and strategy.is_uploaded("B")):
+        return
+    for key, kind in kinds.items():
+        if kind in ("A", "B"):
+            other = "B" if kind == "A" else "A"
+            partner = key.replace(f".lora_{kind}.weight", f".lora_{other}.weight")
+            if partner not in kinds:
+                raise AggregationError(
+                    f"has lora_{kind} but the matching {partner!r} is missing",
+                    client_id=update.client_id,
+                    tensor=key,
+                )
 
 
 def check_finite_values(update: ClientUpdate) -> None:

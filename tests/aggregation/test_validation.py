@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from server.aggregation import AggregationError, ClientUpdate, available_strategies, get_strategy
+from server.aggregation.packed import PackedTensors
 
 A = "m.fc.lora_A.weight"
 B = "m.fc.lora_B.weight"
@@ -111,3 +112,19 @@ def test_unchecked_adds_still_never_publish_nan() -> None:
     )
     with pytest.raises(AggregationError, match="not finite"):
         acc.result()
+
+
+def test_a_layout_accepted_before_is_still_checked_against_each_job() -> None:
+    # Structural checks of a signature are cached across accumulators; the job's own rank
+    # limit and layout, and the name of the client at fault, must not be.
+    packed = PackedTensors(torch.ones(2 * 3 + 4 * 2), [(A, (2, 3)), (B, (4, 2))])
+    assert get_strategy("rbla", r_max=4).aggregate([ClientUpdate(packed, 1, client_id="a")])
+    with pytest.raises(AggregationError, match=r"'b'.*rank 2 exceeds.*r_max=1"):
+        get_strategy("rbla", r_max=1).accumulator().add(ClientUpdate(packed, 1, client_id="b"))
+    wider = {A: torch.ones(4, 5), B: torch.ones(4, 4)}
+    acc = get_strategy("rbla", r_max=4).accumulator(wider)
+    with pytest.raises(AggregationError, match=r"'c'.*lora_A.*does not match.*\(5,\)"):
+        acc.add(ClientUpdate(packed, 1, client_id="c"))
+    fedsa = get_strategy("fedsa", r_max=4).accumulator()
+    with pytest.raises(AggregationError, match=r"'d'.*lora_B.*must not be uploaded"):
+        fedsa.add(ClientUpdate(packed, 1, client_id="d"))
