@@ -76,6 +76,9 @@ class Accumulator:
         # worth of elements is held that way.
         self._sums: dict[Signature, LayoutSum] = {}
         self._sums_numel = 0
+        # The numerators as one rank-R layout sum (its views are self._num) until they are
+        # reshaped (grow) or replaced (load_state): sums drain into it with strided adds.
+        self._full: LayoutSum | None = None
         self.num_updates = 0
         self.total_samples = 0
 
@@ -123,16 +126,34 @@ class Accumulator:
 
     def _drain(self) -> None:
         """Add the per-layout sums into the rank-R numerators and free them."""
-        if not self._num:
+        if not self._num and self._sums:
             # A rank-R layout's sums already have the numerators' shapes: adopt them instead
             # of copying them into fresh memory.
-            full = next((sig for sig, s in self._sums.items() if s.rank == self._rank), None)
+            full = next((s for s in self._sums.values() if s.rank == self._rank), None)
             if full is not None:
-                self._num = dict(self._sums.pop(full).views)
+                del self._sums[full.signature]
+            else:
+                full = self._zero_full()
+            if full is not None:
+                self._full = full
+                self._num = dict(full.views)
         for sums in self._sums.values():
-            sums.drain_into(self._numerator)
+            if self._full is None or not sums.drain_into_sum(self._full):
+                sums.drain_into(self._numerator)
         self._sums.clear()
         self._sums_numel = 0
+
+    def _zero_full(self) -> LayoutSum | None:
+        """Zero rank-R numerators of the current layout, as one layout sum."""
+        layout = self._checker.layout
+        if layout is None:
+            return None
+        entries = layout.entries.items()
+        signature = Signature(
+            (key, torch.Size(full_shape(kind, tail, self._rank)), torch.float32)
+            for key, (kind, tail) in entries
+        )
+        return LayoutSum(signature, {key: kind for key, (kind, _) in entries}, self._rank)
 
     def _numerator(self, key: str, kind: Kind, shape: torch.Size) -> torch.Tensor:
         num = self._num.get(key)
@@ -143,6 +164,7 @@ class Accumulator:
 
     def _grow(self, rank: int) -> None:
         self._drain()
+        self._full = None
         for key, num in self._num.items():
             dim = SLICE_DIM[classify(key)[0]]
             if dim is not None:
@@ -290,6 +312,13 @@ class Accumulator:
 
     def _check_finite_sums(self) -> None:
         # Safety net for updates added with check_finite=False: never publish NaN/inf.
+        full = self._full
+        if (
+            full is not None
+            and len(self._num) == len(full.views)
+            and math.isfinite(float(full.buffer.sum()))
+        ):
+            return
         for key, num in self._num.items():
             # One reduction instead of an elementwise mask: any NaN/inf makes the sum
             # non-finite (float32 overflow of finite sums would need values near 1e38).

@@ -4,17 +4,19 @@ The accumulator keeps, per distinct upload layout (keys, shapes and dtypes: in p
 per client rank), one flat float32 buffer with a shaped view per key. A :class:`PackedTensors`
 update is folded with one add per run of keys sharing a weight (one add in all for LoRA-only
 uploads); any other update with one fused add per weight class over the views. ``drain_into``
-moves the sums into the rank-R numerators.
+moves the sums into the rank-R numerators: when those are themselves a rank-R layout's flat
+buffer, with one strided add per run of equally shaped, evenly spaced keys (one in all for a
+uniform adapter's A matrices) instead of one per key.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from server.aggregation.keys import SLICE_DIM, Kind
+from server.aggregation.keys import SLICE_DIM, Kind, tail_shape
 from server.aggregation.packed import PackedTensors, Signature
 
 
@@ -23,7 +25,15 @@ def weight_class(kind: Kind) -> str:
     return "lora" if kind in ("A", "B") else kind
 
 
-def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+# (size, source strides, source offset, target strides, target offset) of one strided add
+Run = tuple[tuple[int, ...], tuple[int, ...], int, tuple[int, ...], int]
+# a run being built: (key size, source strides, source offsets, target strides, target offsets)
+_Pending = tuple[tuple[int, ...], tuple[int, ...], list[int], tuple[int, ...], list[int]]
+_PLANS_MAX = 1024
+_plans: dict[tuple[Signature, Signature], list[Run] | None] = {}
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
@@ -40,6 +50,7 @@ class LayoutSum:
     """
 
     def __init__(self, signature: Signature, kinds: Mapping[str, Kind], rank: int) -> None:
+        self.signature = signature
         self.rank = rank
         self.kinds = kinds
         self._shapes = [(key, shape) for key, shape, _ in signature]
@@ -122,3 +133,78 @@ class LayoutSum:
             dim = SLICE_DIM[kind]
             dsts.append(num if dim is None else num.narrow(dim, 0, self.rank))
         torch._foreach_add_(dsts, list(self.views.values()))
+
+    def drain_into_sum(self, full: LayoutSum) -> bool:
+        """Add every key's sum into its first ``rank`` slices in ``full`` (a rank-R layout of
+        the same keys); False, touching nothing, if ``full`` lacks one of them."""
+        plan = _plans.get((self.signature, full.signature), ())
+        if plan == ():
+            if len(_plans) >= _PLANS_MAX:
+                _plans.clear()
+            plan = _plans[(self.signature, full.signature)] = _drain_plan(self, full)
+        if plan is None:
+            return False
+        src, dst = self.buffer, full.buffer
+        torch._foreach_add_(
+            [dst.as_strided(size, strides, offset) for size, _, _, strides, offset in plan],
+            [src.as_strided(size, strides, offset) for size, strides, offset, _, _ in plan],
+        )
+        return True
+
+
+def _drain_plan(src: LayoutSum, dst: LayoutSum) -> list[Run] | None:
+    """Strided adds that move ``src``'s keys into their leading slices in ``dst``.
+
+    The first ``r`` slices of a rank-R tensor, taken with R's strides at the tensor's offset,
+    are exactly where a rank-r sum goes (A: the first r rows; B: the first r columns). Keys of
+    the same shape and strides that are evenly spaced in both buffers (every A of a uniform
+    adapter, even with B interleaved) become one add with a leading dimension that steps from
+    key to key.
+    """
+    if src.rank > dst.rank:
+        return None
+    placed, start = {}, 0
+    for key, shape in dst._shapes:
+        placed[key] = (shape, _contiguous_strides(shape), start)
+        start += shape.numel()
+    runs: list[_Pending] = []
+    latest: dict[tuple[tuple[int, ...], tuple[int, ...]], _Pending] = {}  # by size and strides
+    start = 0
+    for key, shape in src._shapes:
+        if key not in placed:
+            return None
+        dst_shape, dst_strides, dst_offset = placed[key]
+        kind = src.kinds[key]
+        if len(dst_shape) != len(shape) or tail_shape(kind, shape) != tail_shape(kind, dst_shape):
+            return None
+        size = tuple(shape)
+        run = latest.get((size, dst_strides))
+        if run is not None and _extends(run[2], start) and _extends(run[4], dst_offset):
+            run[2].append(start)
+            run[4].append(dst_offset)
+        else:
+            run = (size, _contiguous_strides(shape), [start], dst_strides, [dst_offset])
+            runs.append(run)
+            latest[(size, dst_strides)] = run
+        start += shape.numel()
+    plan: list[Run] = []
+    for size, src_strides, src_offsets, dst_strides, dst_offsets in runs:
+        count = len(src_offsets)
+        src_step = src_offsets[1] - src_offsets[0] if count > 1 else 0
+        dst_step = dst_offsets[1] - dst_offsets[0] if count > 1 else 0
+        plan.append(
+            (
+                (count, *size),
+                (src_step, *src_strides),
+                src_offsets[0],
+                (dst_step, *dst_strides),
+                dst_offsets[0],
+            )
+        )
+    return plan
+
+
+def _extends(offsets: list[int], offset: int) -> bool:
+    """Whether ``offset`` continues the increasing, evenly spaced ``offsets``."""
+    step = offset - offsets[-1]
+    return step > 0 and (len(offsets) < 2 or step == offsets[1] - offsets[0])

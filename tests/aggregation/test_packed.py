@@ -12,7 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.aggregation import AggregationError, ClientUpdate, available_strategies, get_strategy
-from server.aggregation.packed import PackedTensors
+from server.aggregation.base import Strategy
+from server.aggregation.keys import classify
+from server.aggregation.layout_sum import LayoutSum, _drain_plan
+from server.aggregation.packed import PackedTensors, Signature
 from server.aggregation.validation import signature_of
 from tests.aggregation.test_streaming import close
 
@@ -52,7 +55,7 @@ def test_packed_and_plain_updates_aggregate_alike(
     acc = strategy.accumulator(previous)
     for up in mixed:
         acc.add(up)
-    close(acc.result(), strategy.aggregate(plain, previous))
+    close(acc.result(), strategy.aggregate(plain, previous), svd=name == "flexlora")
 
 
 def test_many_layouts_drain_within_the_budget_and_stay_exact() -> None:
@@ -135,3 +138,50 @@ def test_a_packed_update_with_nan_is_refused_naming_the_tensor() -> None:
         strategy.accumulator().add(update)
     assert err.value.tensor == "base_model.model.v.lora_A.weight"
     assert err.value.client_id == "c1"
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_strided_drain_puts_each_sum_where_the_per_key_drain_does(data: st.DataObject) -> None:
+    """Any key order on either side, interleaved kinds and extras, any r <= R."""
+    mods = {
+        f"m{i}": (data.draw(st.sampled_from([3, 5])), data.draw(st.sampled_from([2, 4])))
+        for i in range(4)
+    }
+    rank, full_rank = sorted(data.draw(st.lists(st.integers(1, 5), min_size=2, max_size=2)))
+    src, dst = (layout(mods, r, rng=data.draw(st.randoms())) for r in (rank, full_rank))
+    expected = dst.buffer.clone()
+    views = {
+        k: expected.as_strided(v.shape, v.stride(), v.storage_offset())
+        for k, v in dst.views.items()
+    }
+    src.drain_into(lambda key, kind, shape: views[key])
+    assert src.drain_into_sum(dst)
+    assert torch.equal(dst.buffer, expected)
+
+
+def test_strided_drain_of_a_uniform_adapter_is_one_add_per_kind() -> None:
+    mods = {f"layers.{i}.proj": (16, 16) for i in range(6)}
+    for strategy, adds in ((get_strategy("rbla"), 2), (get_strategy("fedsa"), 1)):
+        plan = _drain_plan(layout(mods, 4, strategy), layout(mods, 8, strategy))
+        assert plan is not None and len(plan) == adds  # every A (and every B)
+    assert not layout(mods, 4).drain_into_sum(layout({"other": (16, 16)}, 8))
+
+
+def layout(
+    mods: dict[str, tuple[int, int]],
+    rank: int,
+    strategy: Strategy | None = None,
+    rng: random.Random | None = None,
+) -> LayoutSum:
+    """A layout sum of random values; keys in sorted order, or shuffled by ``rng`` (then with
+    a shared extra tensor too)."""
+    extra = {"head": (3,)} if rng is not None else {}
+    spec = (strategy or get_strategy("rbla")).upload_spec(mods, rank, extra)
+    order = sorted(spec)
+    if rng is not None:
+        rng.shuffle(order)
+    signature = Signature((k, torch.Size(spec[k]), torch.float32) for k in order)
+    sums = LayoutSum(signature, {k: classify(k)[0] for k in order}, rank)
+    sums.buffer.copy_(torch.randn(sums.numel))
+    return sums
