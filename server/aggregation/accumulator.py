@@ -284,7 +284,8 @@ class Accumulator:
 
     # ------------------------------------------------------------------ the result
     def result(self) -> Tensors:
-        """The new global adapter (rank R, float32, contiguous, previous keys preserved)."""
+        """The new global adapter: rank R, float32, contiguous. Shared tensors that no client
+        sent keep their previous values; private ones (FedSA's B and head) are not carried."""
         self._drain()
         self._check_finite_sums()
         out = self._previous_copy()
@@ -330,12 +331,12 @@ class Accumulator:
                 )
 
     def _previous_copy(self) -> Tensors:
-        # Keys with a numerator are recomputed by result(): copy only the others.
+        # Keys with a numerator are recomputed by result(): copy only the other shared ones.
         prev = self._previous or {}
         return {
             k: v.detach().to(torch.float32, copy=True).contiguous()
             for k, v in prev.items()
-            if k not in self._num
+            if k not in self._num and self.strategy.is_uploaded(classify(k)[0])
         }
 
     def _restore_uncovered(

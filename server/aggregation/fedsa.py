@@ -2,6 +2,8 @@
 
 Heterogeneous ranks [decision]: rows of A are averaged with the RBLA per-slice rule. The server
 never receives B: an upload containing a lora_B is rejected, and ``distribute`` returns only A.
+Only the round-0 adapter holds a B (zeros) and a head, the clients' common starting point; the
+global adapters of later rounds hold A alone, since nothing on the server reads them again.
 """
 
 from __future__ import annotations

@@ -52,8 +52,10 @@ def test_b_is_never_returned_by_distribute_even_at_round_zero() -> None:
     assert torch.equal(g0[B], torch.zeros(4, 8))
     assert set(s.distribute(g0, 4, 1.0)) == {A}
     g1 = s.aggregate([a_only(4, 3, 0), a_only(8, 1, 1)], g0)
-    assert torch.equal(g1[B], g0[B])  # carried over untouched, never aggregated
+    assert set(g1) == {A}  # the round-0 B and head are not carried into later rounds
     assert set(s.distribute(g1, 8, 2.0)) == {A}
+    g2 = s.aggregate([a_only(2, 5, 2)], g1)  # uncovered rows keep g1's, without any B
+    torch.testing.assert_close(g2[A][2:], g1[A][2:])
 
 
 def test_heterogeneous_ranks_average_rows_per_slice() -> None:
@@ -78,6 +80,7 @@ def test_vera_shares_lambda_d_only() -> None:
     ]
     out = s.aggregate(ups, g0)
     torch.testing.assert_close(out[ld], torch.tensor([2.5, 3.5, 5.0, 6.0]))
+    assert set(out) == {ld}
     assert set(s.distribute(out, 2, 1.0)) == {ld}
     with pytest.raises(AggregationError, match="vera_lambda_b"):
         s.aggregate([ClientUpdate({ld: torch.ones(4), lb: torch.ones(4)}, 1, client_id="x")])
