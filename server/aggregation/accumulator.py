@@ -336,7 +336,7 @@ class Accumulator:
         return {
             k: v.detach().to(torch.float32, copy=True).contiguous()
             for k, v in prev.items()
-            if k not in self._num and self.strategy.is_uploaded(classify(k)[0])
+            if k not in self._num and not self.strategy.is_private(classify(k)[0])
         }
 
     def _restore_uncovered(

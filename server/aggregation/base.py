@@ -67,6 +67,10 @@ class Strategy:
         """Whether clients upload tensors of this kind."""
         return kind in self.shared_kinds or (kind == "extra" and self.shares_extra)
 
+    def is_private(self, kind: Kind) -> bool:
+        """Whether tensors of this kind stay on the device (never uploaded nor received)."""
+        return kind in self.private_kinds or (kind == "extra" and not self.shares_extra)
+
     def describe_upload(self) -> str:
         """Human-readable list of uploaded kinds, for error messages."""
         names = {"A": "lora_A", "B": "lora_B", "lambda_d": "vera_lambda_d"}

@@ -95,6 +95,9 @@ def test_specs_and_distribution_contract() -> None:
     g0 = ffa.initial_adapter(mods, rank=8, seed=0, extra=extra)
     assert g0["head.weight"].abs().sum() > 0 and torch.equal(g0["head.bias"], torch.zeros(2))
     assert set(ffa.distribute(g0, 8, 1.0)) == {A, B, *extra}
+    up = ClientUpdate({B: torch.ones(4, 8), **{k: torch.ones(v) for k, v in extra.items()}}, 1)
+    g1 = ffa.aggregate([up], g0)  # A is not uploaded but received: it stays in the global
+    assert set(ffa.distribute(g1, 8, 1.0)) == {A, B, *extra} and torch.equal(g1[A], g0[A])
     with pytest.raises(AggregationError, match="exceeds"):
         rbla.upload_spec(mods, 9)
     with pytest.raises(AggregationError, match="exceeds"):
