@@ -137,11 +137,12 @@ class LayoutSum:
     def drain_into_sum(self, full: LayoutSum) -> bool:
         """Add every key's sum into its first ``rank`` slices in ``full`` (a rank-R layout of
         the same keys); False, touching nothing, if ``full`` lacks one of them."""
-        plan = _plans.get((self.signature, full.signature), ())
-        if plan == ():
+        pair = (self.signature, full.signature)
+        if pair not in _plans:
             if len(_plans) >= _PLANS_MAX:
                 _plans.clear()
-            plan = _plans[(self.signature, full.signature)] = _drain_plan(self, full)
+            _plans[pair] = _drain_plan(self, full)
+        plan = _plans[pair]
         if plan is None:
             return False
         src, dst = self.buffer, full.buffer

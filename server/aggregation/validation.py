@@ -7,6 +7,7 @@ accumulator and the one-shot ``Strategy.validate`` apply exactly the same rules.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,10 +43,14 @@ class Inspected:
     """
 
     rank: int
-    kinds: dict[str, Kind]
     entries: dict[str, tuple[Kind, tuple[int, ...]]]
     rank_key: str
     signature: Signature = Signature(())
+
+    @functools.cached_property
+    def kinds(self) -> dict[str, Kind]:
+        """Key -> kind, in upload order."""
+        return {key: kind for key, (kind, _) in self.entries.items()}
 
 
 # Structural facts depend only on the strategy's class and the signature, so they are shared by
@@ -226,7 +231,7 @@ def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
     entries = {
         k: (kind, tail_shape(kind, tuple(update.tensors[k].shape))) for k, kind in kinds.items()
     }
-    return Inspected(rank=rank, kinds=kinds, entries=entries, rank_key=rank_key)
+    return Inspected(rank=rank, entries=entries, rank_key=rank_key)
 
 
 def _check_pairs(strategy: Strategy, update: ClientUpdate, kinds: dict[str, Kind]) -> None:
