@@ -159,7 +159,6 @@ def run_job(url: str, k: int, rounds: int, threads: int) -> tuple[list[float], l
     """(turnaround seconds per round, aggregation seconds per round, enrolment seconds)."""
     spec = {
         "name": f"bench-k{k}",
-        "base_model": "bench",
         "modules": MODULES,
         "extra": HEAD,
         "strategy": "rbla",

@@ -40,7 +40,6 @@ def main() -> None:
     modules = max(1, round(args.mb * 1e6 / per_module))
     spec = {
         "name": "upload-rss",
-        "base_model": "synthetic",
         "modules": {f"base_model.model.layers.{i}.proj": [WIDTH, WIDTH] for i in range(modules)},
         "rank": {"policy": "fixed", "r_min": args.rank, "r_max": args.rank},
         "enrolment": {"min_clients": 1, "target_clients": 1},

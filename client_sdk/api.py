@@ -204,9 +204,12 @@ class ApiClient:
         *,
         name: str | None = None,
         max_rank: int | None = None,
+        model_sha256: str | None = None,
     ) -> dict[str, Any]:
         """``POST /api/v1/jobs/{id}/clients``: ``{client_id, job_id, credential, rank}``."""
         payload: dict[str, Any] = {"stats": dict(stats)}
+        if model_sha256 is not None:
+            payload["model_sha256"] = model_sha256
         if name is not None:
             payload["name"] = name
         if max_rank is not None:
@@ -220,6 +223,13 @@ class ApiClient:
             body=lambda: encoded,
         )
         result: dict[str, Any] = response.json()
+        return result
+
+    def job_model(self, job_id: str, join_token: str) -> dict[str, Any]:
+        """``GET /api/v1/jobs/{id}/model``: the job's model section and training settings."""
+        result: dict[str, Any] = self.request(
+            "GET", f"/api/v1/jobs/{job_id}/model", token=join_token
+        ).json()
         return result
 
     def task(self) -> dict[str, Any]:

@@ -15,14 +15,16 @@ from typing import IO, Any
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB")
 
 DATA_HELP = (
-    "your data: .npz with arrays X (one row per sample) and y (class indices), optionally "
-    "X_val/y_val; or, for the trec task, a .csv with header text,label or a .jsonl of "
-    '{"text": ..., "label": ...} (label = class name or index)'
+    'your data. For a Hugging Face causal LM: .jsonl lines of {"prompt": ..., '
+    '"completion": ...} or {"text": ...}; for a classifier: .csv with the header '
+    'text,label or .jsonl lines of {"text": ..., "label": ...} (label = class name or '
+    "index); for the built-in flaas:digits / flaas:mnist models: .npz with arrays X (one row "
+    "per sample, values in [0, 1]) and y (class indices), optionally X_val / y_val"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``join`` subcommand (and its options) under ``flaas client``."""
+    """Add the ``join`` and ``export`` subcommands (and their options) under ``flaas client``."""
     commands = parser.add_subparsers(dest="client_command", required=True)
     join = commands.add_parser(
         "join",
@@ -36,14 +38,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", default=os.environ.get("FLAAS_JOIN_TOKEN"), help="the job's join token"
     )
     join.add_argument("--data", required=True, help=DATA_HELP)
-    join.add_argument("--task", default="digits", help="built-in model: digits, mnist or trec")
-    join.add_argument("--val-fraction", type=float, default=0.2)
+    join.add_argument(
+        "--model",
+        default=None,
+        help="where this device has the job's model: a directory written by save_pretrained "
+        "or a Hugging Face id in the local cache (default: the job's model.source)",
+    )
+    join.add_argument("--val-data", default=None, help="a validation file (same format)")
+    join.add_argument(
+        "--val-fraction", type=float, default=0.2, help="held out when --val-data is not given"
+    )
+    join.add_argument("--max-seq-len", type=int, default=512, help="tokens per text sample")
     join.add_argument("--name", default=None, help="a name the operator sees")
     join.add_argument("--max-rank", type=int, default=None, help="cap on the assigned rank")
     join.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0")
+    join.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast on CUDA (auto: bf16 where supported); the CPU trains in fp32",
+    )  # fmt: skip
     join.add_argument("--state-dir", default=None, help="default: ~/.flaas/state")
     join.add_argument("--quiet", action="store_true", help="no progress bars")
     join.set_defaults(handler=join_command)
+    export = commands.add_parser(
+        "export",
+        help="write this device's personalised adapter in peft's format",
+        description="Write the device's adapter (the newest global A with its private B and "
+        "head, as FedSA-LoRA trains them) into a directory PeftModel.from_pretrained loads.",
+    )
+    export.add_argument("--state-dir", default=None, help="default: ~/.flaas/state")
+    export.add_argument("--job", default=None, help="the job, when the state holds several")
+    export.add_argument("--out", required=True, help="the directory to write")
+    export.set_defaults(handler=export_command)
 
 
 def _size(n: float) -> str:
@@ -116,34 +141,18 @@ class ProgressPrinter:
 
 
 def join_command(args: argparse.Namespace) -> int:
-    """Run ``flaas client join``."""
+    """Run ``flaas client join``: everything is checked before torch is imported."""
     if not args.server:
         raise SystemExit("error: --server (or FLAAS_SERVER) is required")
-    try:
-        from client_sdk.tasks import get_task
-        from client_sdk.trainer import LoraTrainer
-    except ImportError as exc:
-        raise SystemExit(
-            f"error: training needs the train extra ({exc.name} is missing): "
-            "pip install 'flaas[train]'"
-        ) from None
+    if not 0 <= args.val_fraction < 1:
+        raise SystemExit("error: --val-fraction must lie in [0, 1)")
+    if args.max_seq_len < 2:
+        raise SystemExit("error: --max-seq-len must be at least 2")
     from client_sdk.api import ApiError, Unavailable
     from client_sdk.client import Client
-    from client_sdk.datafile import load_local_data
+    from client_sdk.device_data import read_training_data
+    from client_sdk.model_spec import ModelNotFound, locate_model
 
-    task = get_task(args.task)
-    try:
-        data = load_local_data(args.data, task, val_fraction=args.val_fraction)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-    from client_sdk.simulate import BASE_SEED
-
-    trainer = LoraTrainer(
-        lambda: task.build_model(BASE_SEED),
-        task.target_modules,
-        task.head_modules,
-        device=args.device,
-    )
     client = Client(
         args.server,
         args.job,
@@ -153,18 +162,45 @@ def join_command(args: argparse.Namespace) -> int:
         max_rank=args.max_rank,
         on_progress=None if args.quiet else ProgressPrinter(),
     )
-    val = None
-    if data.x_val is not None and data.y_val is not None:
-        val = (data.x_val, data.y_val)
+    try:
+        spec = client.model_spec()
+        if spec is None:
+            raise SystemExit(
+                f"error: job {args.job} names no model (its modules were written by hand): "
+                "train with your own code through client_sdk.Client.run"
+            )
+        location = locate_model(args.model or spec.source, spec.revision)
+        if spec.config_sha256 is not None and location.config_sha256 != spec.config_sha256:
+            raise SystemExit(
+                f"error: {args.model or spec.source} is not the job's model {spec.source}: its "
+                f"config hashes to {location.config_sha256[:12]}..., the job's to "
+                f"{spec.config_sha256[:12]}... (another architecture, size or head?)"
+            )
+        raw = read_training_data(args.data, args.val_data, spec)
+    except (ApiError, Unavailable, ModelNotFound, ValueError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        from client_sdk.trainer import LoraTrainer
+    except ImportError as exc:
+        raise SystemExit(
+            f"error: training needs the train extra ({exc.name} is missing): "
+            "pip install 'flaas[train]'"
+        ) from None
+    trainer = LoraTrainer(spec, location=location, device=args.device, precision=args.precision)
+    try:
+        train, val = raw.datasets(
+            trainer.location, max_seq_len=args.max_seq_len, val_fraction=args.val_fraction
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(
-        f"{len(data.y_train)} training and {0 if val is None else len(val[1])} validation "
-        f"samples; device {trainer.device}; state in {client.state.directory}",
+        f"{len(train)} training and {0 if val is None else len(val)} validation samples; "
+        f"model {location.path or spec.source}; device {trainer.device}; "
+        f"state in {client.state.directory}",
         file=sys.stderr,
     )
     try:
-        result = client.run(
-            trainer, data=(data.x_train, data.y_train), val_data=val, num_classes=task.num_classes
-        )
+        result = client.run(trainer, data=train, val_data=val)
     except (ApiError, Unavailable, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     except KeyboardInterrupt:
@@ -176,3 +212,22 @@ def join_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0 if result.status == "finished" else 1
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Run ``flaas client export``."""
+    from client_sdk.api import ApiError, Unavailable
+    from client_sdk.client import DEFAULT_STATE_DIR
+    from client_sdk.device_export import export_personalised, find_job_state
+
+    try:
+        state = find_job_state(args.state_dir or DEFAULT_STATE_DIR, args.job)
+        done = export_personalised(state, args.out)
+    except (ApiError, Unavailable, ValueError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(
+        f"wrote {done.directory}: adapter_config.json, adapter_model.safetensors, "
+        f"flaas_lineage.json (rank {done.rank}, B from round {done.round}, "
+        f"sha256 {done.adapter_sha256[:16]}...)"
+    )
+    return 0

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client_sdk.api import ApiClient, Conflict, Gone, NotFound, RetryPolicy, Unavailable
+from client_sdk.model_spec import ModelSpec
 from client_sdk.profile import ComplexityStats
 from client_sdk.rounds import Progress, RoundContext, RoundTask, RunResult, TrainFn
 from client_sdk.state import Credentials, DeviceState
 
 if TYPE_CHECKING:
+    from client_sdk.text_data import LocalDataset
     from client_sdk.trainer import LoraTrainer
-    from client_sdk.trainer_data import Data
 
 DEFAULT_STATE_DIR = Path(os.environ.get("FLAAS_STATE_DIR", Path.home() / ".flaas" / "state"))
 
@@ -82,8 +83,30 @@ class Client:
         """The stored credentials, or None before :meth:`join`."""
         return self.state.load_credentials()
 
-    def join(self, stats: ComplexityStats | Mapping[str, Any] | None = None) -> Credentials:
-        """Enrol with ``stats`` (see :func:`client_sdk.profile`), or resume stored credentials."""
+    def model_spec(self) -> ModelSpec | None:
+        """The job's model section (what to load and adapt), or None for a job whose modules
+        were written by hand. Asked of the coordinator with the join token once, then kept in
+        the state directory, so a device can load and check its model before it enrols."""
+        stored = self.state.load_job()
+        if stored is None:
+            if self.join_token is None:
+                raise ValueError("not enrolled yet: a join_token is needed for the first run")
+            model = self.api.job_model(self.job_id, self.join_token).get("model")
+            stored = {"server": self.server, "job_id": self.job_id, "model": model}
+            self.state.save_job(stored)
+        return None if stored.get("model") is None else ModelSpec.model_validate(stored["model"])
+
+    def join(
+        self,
+        stats: ComplexityStats | Mapping[str, Any] | None = None,
+        *,
+        model_sha256: str | None = None,
+    ) -> Credentials:
+        """Enrol with ``stats`` (see :func:`client_sdk.profile`), or resume stored credentials.
+
+        ``model_sha256`` (the device's model config hash) lets the coordinator refuse a device
+        whose model is not the job's (409) before it trains.
+        """
         stored = self.state.load_credentials()
         if stored is None:
             if self.join_token is None:
@@ -91,8 +114,14 @@ class Client:
             if stats is None:
                 raise ValueError("enrolling needs the data's stats: pass stats=profile(labels)")
             values = stats.as_dict() if isinstance(stats, ComplexityStats) else dict(stats)
+            self.model_spec()  # kept in the state: what an export needs after the job
             enrolled = self.api.enrol(
-                self.job_id, self.join_token, values, name=self.name, max_rank=self.max_rank
+                self.job_id,
+                self.join_token,
+                values,
+                name=self.name,
+                max_rank=self.max_rank,
+                model_sha256=model_sha256,
             )
             self.state.save_credentials(enrolled["client_id"], enrolled["credential"])
             stored = Credentials(str(enrolled["client_id"]), str(enrolled["credential"]))
@@ -110,19 +139,19 @@ class Client:
         self,
         train: TrainFn | LoraTrainer,
         *,
-        data: Data | None = None,
-        val_data: Data | None = None,
+        data: LocalDataset | None = None,
+        val_data: LocalDataset | None = None,
         stats: ComplexityStats | Mapping[str, Any] | None = None,
-        num_classes: int | None = None,
     ) -> RunResult:
         """Join (or resume), then train every round this client is sampled for until the job
-        ends. ``train`` is a callback or a ``LoraTrainer`` (with ``data`` = ``(X, y)`` and
-        optionally ``val_data``; ``stats`` are then profiled from the data when needed)."""
-        train_fn = self._as_train_fn(train, data, val_data, num_classes)
+        ends. ``train`` is a callback or a ``LoraTrainer`` (with ``data``, a
+        :class:`~client_sdk.text_data.LocalDataset`, and optionally ``val_data``; ``stats`` are
+        then profiled from the data when needed)."""
+        train_fn = self._as_train_fn(train, data, val_data)
         if stats is None and self.state.load_credentials() is None:
             profile_of = getattr(train_fn, "stats", None)
             stats = profile_of() if callable(profile_of) else None
-        credentials = self.join(stats)
+        credentials = self.join(stats, model_sha256=getattr(train_fn, "model_sha256", None))
         result = RunResult(status="running", reason=None, client_id=credentials.client_id)
         self._resend_pending(result)
         offline_since: float | None = None
@@ -237,17 +266,16 @@ class Client:
     def _as_train_fn(
         self,
         train: TrainFn | LoraTrainer,
-        data: Data | None,
-        val_data: Data | None,
-        num_classes: int | None,
+        data: LocalDataset | None,
+        val_data: LocalDataset | None,
     ) -> TrainFn:
         if callable(train):
             return train
         if data is None:
-            raise ValueError("a LoraTrainer needs data=(X, y)")
+            raise ValueError("a LoraTrainer needs data (a LocalDataset)")
         from client_sdk.training import LoraRound
 
-        return LoraRound(train, data, val_data, num_classes=num_classes)
+        return LoraRound(train, data, val_data)
 
     def _emit(
         self,

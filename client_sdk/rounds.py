@@ -25,8 +25,7 @@ class RoundTask:
     shared_parts: tuple[str, ...]
     frozen_parts: tuple[str, ...]
     training: Mapping[str, Any]
-    task: str | None
-    base_model: str
+    model: Mapping[str, Any] | None
     seed: int
     adapter_url: str
     upload_url: str
@@ -47,8 +46,7 @@ class RoundTask:
             shared_parts=tuple(data["shared_parts"]),
             frozen_parts=tuple(data["frozen_parts"]),
             training=dict(data["training"]),
-            task=data.get("task"),
-            base_model=str(data["base_model"]),
+            model=data.get("model"),
             seed=int(data["seed"]),
             adapter_url=str(data["adapter_url"]),
             upload_url=str(data["upload_url"]),
@@ -68,6 +66,7 @@ class RoundTask:
             "max_steps": t.get("steps"),
             "lr": float(t.get("lr", 1e-3)),
             "batch_size": int(t.get("batch_size", 16)),
+            "gradient_accumulation_steps": int(t.get("gradient_accumulation_steps", 1)),
             "optimizer": str(t.get("optimizer", "adam")),
             "seed": seed,
         }

@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay lig
 
     from client_sdk.rounds import LocalUpdate, Progress, RoundContext, RunResult
 
-#: Seed of every built-in task's frozen base model: clients and evaluators must agree on it.
-BASE_SEED = 0
 VAL_FRACTION = 0.2
 EQUAL_RANK_STRATEGIES = ("fedit", "ffa")
 
@@ -77,24 +75,17 @@ def task_job_spec(
     seed: int = 0,
     round_timeout_s: float = 300.0,
 ) -> dict[str, Any]:
-    """A job spec for a built-in task: its adapter layout, AutoRank (fixed rank for the
-    equal-rank baselines), LoRA scale 2 at every rank, and the task's local settings."""
+    """A job spec for a built-in task: its model (the coordinator derives the shapes), AutoRank
+    (fixed rank for the equal-rank baselines), LoRA scale 2 at every rank, and the task's local
+    settings."""
     from client_sdk.tasks import get_task
-    from client_sdk.trainer import LoraTrainer
 
     task = get_task(task_name)
-    trainer = LoraTrainer(
-        lambda: task.build_model(BASE_SEED), task.target_modules, task.head_modules, device="cpu"
-    )
-    layout = trainer.layout().to_dict()
     settings = task.default_settings
     fixed = strategy in EQUAL_RANK_STRATEGIES
     return {
         "name": f"{task_name}-{strategy}",
-        "base_model": f"flaas-{task_name}-seed{BASE_SEED}",
-        "task": task_name,
-        "modules": layout["modules"],
-        "extra": layout["extra"],
+        "model": task.model_spec().model_dump(exclude_none=True),
         "strategy": strategy,
         "rank": {
             "policy": "fixed" if fixed else "autorank",
@@ -149,19 +140,22 @@ def run_simulation(
     shards = make_shards(
         data.y_train, data.x_train, clients, alpha, quantity_skew=quantity_skew, seed=seed
     )
-    base = spec.build_model(BASE_SEED)  # shared: the trainer deep-copies it every round
+    model = spec.model_spec()
+    if not model.is_builtin:
+        from transformers.utils import logging as transformers_logging
+
+        # One "Loading weights" bar per simulated client and round would bury the output.
+        transformers_logging.disable_progress_bar()
     gate = threading.Semaphore(concurrency)
     root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="flaas-sim-"))
     sdk_clients: list[Client] = []
 
     def one(i: int) -> RunResult:
         shard = shards[i]
-        trainer = LoraTrainer(base, spec.target_modules, spec.head_modules)
         inner = LoraRound(
-            trainer,
-            (shard.x_train, shard.y_train),
-            (shard.x_val, shard.y_val),
-            num_classes=spec.num_classes,
+            LoraTrainer(model),
+            spec.dataset(shard.x_train, shard.y_train),
+            spec.dataset(shard.x_val, shard.y_val),
         )
 
         def gated(ctx: RoundContext) -> LocalUpdate:
@@ -169,6 +163,7 @@ def run_simulation(
                 return inner(ctx)
 
         gated.stats = inner.stats  # type: ignore[attr-defined]
+        gated.model_sha256 = inner.model_sha256  # type: ignore[attr-defined]
         client = Client(
             server,
             job_id,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 _CREDENTIALS = "credentials.json"
 _PROGRESS = "progress.json"
+_JOB = "job.json"
 _PENDING_META = "pending.json"
 _PENDING = "pending.safetensors"
 _PRIVATE = "private.safetensors"
@@ -135,6 +136,16 @@ class DeviceState:
             return Credentials(client_id=str(data["client_id"]), token=str(data["token"]))
         except KeyError as exc:
             raise ValueError(f"corrupt credentials file: missing {exc}") from exc
+
+    # ------------------------------------------------------------------ the job's model
+
+    def save_job(self, info: dict[str, Any]) -> None:
+        """Keep what identifies the job (``server``, ``job_id``) and its ``model`` section."""
+        self._write_json(_JOB, dict(info))
+
+    def load_job(self) -> dict[str, Any] | None:
+        """The stored job information, or None before it was fetched."""
+        return self._read_json(_JOB)
 
     # ------------------------------------------------------------------ progress
 

@@ -1,38 +1,29 @@
-"""Local LoRA / rsLoRA / VeRA training on the device, built on peft, for any torch classifier.
+"""Local LoRA / rsLoRA / VeRA training on the device, for any model a job names.
 
-Every call builds a *fresh* peft model at the rank the coordinator assigned, loads what the
-coordinator sent (``incoming``) plus what this device kept from earlier rounds (``private``),
-trains, and returns only the parts the job's strategy shares. Nothing survives between calls in
-the trainer itself: persistence is :class:`client_sdk.state.DeviceState`'s job.
+One trainer for every model: a Hugging Face causal LM or sequence classifier (loaded with
+transformers' Auto classes from a local directory or the local cache) or a built-in demo MLP.
+The peft model is built once per process, at the rank the coordinator assigned, and every round
+only reloads its adapter: what the coordinator sent (``incoming``), what this device kept from
+earlier rounds (``private``), and peft's initial values for the rest. It is rebuilt only when the
+adapter itself changes (another rank, alpha or kind). Persistence between runs is
+:class:`client_sdk.state.DeviceState`'s job, not the trainer's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from peft import (
-    LoraConfig,
-    PeftModel,
-    VeraConfig,
-    get_peft_model,
-    get_peft_model_state_dict,
-    set_peft_model_state_dict,
-)
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from client_sdk.trainer_data import (
-    Data,
-    as_tensors,
-    fit,
-    per_sample_cross_entropy,
-    resolve_device,
-)
+from client_sdk.model_spec import ModelLocation, ModelSpec, locate_model
+from client_sdk.models import build_base, derive_layout, layout_of, quiet_vera, wrap
+from client_sdk.text_data import LocalDataset
 from client_sdk.trainer_parts import (
     AdapterLayout,
     TrainResult,
@@ -40,10 +31,10 @@ from client_sdk.trainer_parts import (
     check_tensors,
     decode_update,
     encode_update,
-    module_of,
     part_of,
 )
 from client_sdk.trainer_settings import AdapterConfig, TrainSettings
+from client_sdk.training_loop import Observation, fit, observe, resolve_device
 
 __all__ = [
     "AdapterConfig",
@@ -57,6 +48,9 @@ __all__ = [
 ]
 
 _ADAPTER_NAME = "default"
+#: Seed of peft's initial values (and a new head's): the same on every device.
+INIT_SEED = 0
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _strip_adapter_name(param_name: str) -> str:
@@ -65,84 +59,115 @@ def _strip_adapter_name(param_name: str) -> str:
 
 
 class LoraTrainer:
-    """Trains peft adapters of a frozen base model on local data (class logits + cross-entropy).
+    """Trains peft adapters of ``spec``'s frozen base model on local data.
 
-    ``model`` is the base model (deep-copied for every round, so it is never modified) or a
-    zero-argument factory returning a fresh one (better for large models: no idle copy kept).
-    ``target_modules`` are the module names peft adapts; ``head_modules`` are trained in full
-    through peft's ``modules_to_save``. ``device="auto"`` picks CUDA when available. Torch's
-    thread count is left to the caller.
+    ``model`` optionally gives the base (an ``nn.Module``, or a zero-argument factory) instead of
+    loading it from ``spec.source`` (or from ``location``, e.g. a device's own copy of the job's
+    model). ``device="auto"`` picks CUDA when available. On CUDA, ``precision="auto"`` trains
+    under bf16 autocast (fp16 with loss scaling where bf16 is missing) and
+    ``gradient_checkpointing`` (default: on for Hugging Face models on CUDA) trades compute for
+    activation memory; on the CPU both are off. Torch's thread count is left to the caller.
     """
 
     def __init__(
         self,
-        model: nn.Module | Callable[[], nn.Module],
-        target_modules: Sequence[str],
-        head_modules: Sequence[str] = (),
+        spec: ModelSpec,
         *,
+        model: nn.Module | Callable[[], nn.Module] | None = None,
+        location: ModelLocation | None = None,
         device: str | torch.device = "auto",
-        vera_prng_key: int = 0,
+        precision: str = "auto",
+        gradient_checkpointing: bool | None = None,
     ) -> None:
-        if not target_modules:
-            raise ValueError("target_modules must name at least one module to adapt")
-        self._model = model
-        self.target_modules = list(target_modules)
-        self.head_modules = list(head_modules)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.spec = spec
         self.device = resolve_device(device)
-        # Fixed key: VeRA's frozen projections are regenerated from it, so every client and the
-        # server get the same ones without sending them (save_projection=False).
-        self.vera_prng_key = vera_prng_key
+        self.precision = precision if self.device.type == "cuda" else "fp32"
+        self.gradient_checkpointing = (
+            gradient_checkpointing
+            if gradient_checkpointing is not None
+            else self.device.type == "cuda" and not spec.is_builtin
+        )
+        self._model_arg = model
+        self._location = location
+        self._base: nn.Module | None = None
+        self._peft: PeftModel | None = None
+        self._adapter: AdapterConfig | None = None
+        self._initial: dict[str, torch.Tensor] = {}
+        self._trainable: list[tuple[nn.Parameter, str]] = []
+        self.builds = 0  # how many peft models this trainer built (once, unless ranks change)
 
     # ------------------------------------------------------------------ model building
 
-    def _fresh_base(self) -> nn.Module:
-        if isinstance(self._model, nn.Module):
-            return copy.deepcopy(self._model)
-        base = self._model()
-        if not isinstance(base, nn.Module):
-            raise TypeError(f"model factory returned {type(base).__name__}, not an nn.Module")
-        return base
+    @property
+    def location(self) -> ModelLocation | None:
+        """Where the model is read from (None when the base was handed in as a module)."""
+        if self._location is None and self._model_arg is None:
+            self._location = locate_model(self.spec.source, self.spec.revision)
+        return self._location
 
-    def _build(self, adapter: AdapterConfig) -> PeftModel:
-        save = self.head_modules or None
-        if adapter.adapter_type == "lora":
-            config: LoraConfig | VeraConfig = LoraConfig(
-                r=adapter.rank,
-                # peft annotates int, but the scale is alpha / r in float: float alphas are fine.
-                lora_alpha=adapter.lora_alpha,  # type: ignore[arg-type]
-                use_rslora=adapter.use_rslora,
-                lora_dropout=0.0,
-                target_modules=self.target_modules,
-                modules_to_save=save,
-            )
-        else:  # VeRA has no alpha or rsLoRA scaling; its lambdas carry the scale
-            with _quiet_vera():
-                config = VeraConfig(
-                    r=adapter.rank,
-                    target_modules=self.target_modules,
-                    modules_to_save=save,
-                    projection_prng_key=self.vera_prng_key,
-                    save_projection=False,
-                )
-        with _quiet_vera():
-            model = get_peft_model(self._fresh_base(), config)
-        return model.to(self.device)
+    @property
+    def model_sha256(self) -> str | None:
+        """SHA-256 of the model's config (its identity; None for a base handed in as a module)."""
+        location = self.location
+        return None if location is None else location.config_sha256
 
-    def layout(self, rank: int = 1) -> AdapterLayout:
-        """Read the adapter layout off a real peft model built at ``rank``."""
-        model = self._build(AdapterConfig(rank, lora_alpha=float(rank)))
-        state = get_peft_model_state_dict(model)
-        modules: dict[str, tuple[int, int]] = {}
-        extra: dict[str, tuple[int, ...]] = {}
-        for key, tensor in state.items():
-            if part_of(key) == "lora_A":
-                module = module_of(key)
-                assert module is not None
-                d_out = state[f"{module}.lora_B.weight"].shape[0]
-                modules[module] = (int(tensor.shape[1]), int(d_out))
-            elif part_of(key) == "extra":
-                extra[key] = tuple(int(s) for s in tensor.shape)
-        return AdapterLayout(modules=modules, extra=extra)
+    @property
+    def num_labels(self) -> int | None:
+        """Classes of a classifier (its head size), None for a causal LM."""
+        if self.spec.task_type != "SEQ_CLS":
+            return None
+        location = self.location
+        return self.spec.num_labels or (None if location is None else location.num_labels)
+
+    def base_model(self) -> nn.Module:
+        """The frozen base, loaded once (with a new head drawn from :data:`INIT_SEED`)."""
+        if self._base is None:
+            with self._seeded(INIT_SEED):
+                if self._model_arg is None:
+                    base = build_base(self.spec, self.location, device=self.device)
+                elif isinstance(self._model_arg, nn.Module):
+                    base = self._model_arg
+                else:
+                    base = self._model_arg()
+            if not isinstance(base, nn.Module):
+                raise TypeError(f"model factory returned {type(base).__name__}, not an nn.Module")
+            base.requires_grad_(False)
+            enable = getattr(base, "gradient_checkpointing_enable", None)
+            if self.gradient_checkpointing and callable(enable):
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self._base = base.to(self.device).eval()
+        return self._base
+
+    def peft_model(self, adapter: AdapterConfig) -> PeftModel:
+        """The peft model at ``adapter`` (built on the first call, rebuilt if it changed)."""
+        if self._peft is not None and self._adapter == adapter:
+            return self._peft
+        if self._peft is not None:
+            self._base = _unwrap(self._peft)
+            self._peft = None
+        with self._seeded(INIT_SEED), quiet_vera():
+            model = wrap(self.base_model(), self.spec, adapter)
+        if self.gradient_checkpointing:
+            # Checkpointed blocks need an input that carries gradients (frozen embeddings).
+            getattr(model, "enable_input_require_grads", lambda: None)()
+        model.to(self.device)
+        self._initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        self._trainable = [
+            (p, _strip_adapter_name(name))
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        ]
+        self._peft, self._adapter = model, adapter
+        self.builds += 1
+        return model
+
+    def layout(self) -> AdapterLayout:
+        """The adapter layout of this trainer's model (as the coordinator derives it)."""
+        if self._model_arg is None:
+            return derive_layout(self.spec, self.location)
+        return layout_of(get_peft_model_state_dict(self.peft_model(AdapterConfig(1, 1.0))))
 
     def load_model(
         self,
@@ -151,42 +176,38 @@ class LoraTrainer:
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
         frozen_parts: Iterable[str] = frozenset(),
-        seed: int = 0,
     ) -> PeftModel:
-        """A peft model with ``incoming`` and ``private`` loaded (checked), in eval mode.
+        """The peft model with ``incoming`` and ``private`` loaded (checked), in eval mode.
 
-        Parts given by neither keep peft's initialisation (B = 0, A random from ``seed``).
-        Parameters of ``frozen_parts`` get ``requires_grad=False`` and must have been given.
+        Parts given by neither get peft's initial values (B = 0, A and a new head drawn from
+        :data:`INIT_SEED`). Parameters of ``frozen_parts`` are not trained and must be given.
         """
         frozen = check_parts("frozen_parts", frozen_parts, adapter.adapter_type)
-        with self._seeded(seed):
-            model = self._build(adapter)
+        model = self.peft_model(adapter)
         private = dict(private or {})
-        state = get_peft_model_state_dict(model)
-        expected = {key: tensor.shape for key, tensor in state.items()}
+        expected = {key: tensor.shape for key, tensor in self._initial.items()}
         check_tensors("incoming", incoming, expected)
         check_tensors("private", private, expected)
         overlap = sorted(set(incoming) & set(private))
         if overlap:
             raise ValueError(f"keys both received and private (ambiguous): {overlap[:5]}")
         given = set(incoming) | set(private)
-        # A frozen tensor nobody sent would stay at this process's random init: every client
+        # A frozen tensor nobody sent would stay at this process's initial value: every client
         # would train against a different A (FFA-LoRA needs the shared seed's A).
         missing_frozen = sorted(k for k in expected if part_of(k) in frozen and k not in given)
         if missing_frozen:
             raise ValueError(f"frozen part(s) must be received, missing: {missing_frozen[:5]}")
         # Load a complete state dict: peft raises KeyError on a partial one with modules_to_save.
-        merged = {key: tensor.detach().clone() for key, tensor in state.items()}
+        merged = dict(self._initial)
         for key, tensor in {**incoming, **private}.items():
-            merged[key] = tensor.detach().to(dtype=merged[key].dtype)
-        with _quiet_vera():
+            merged[key] = tensor.detach().to(self.device, dtype=merged[key].dtype)
+        with quiet_vera():
             result = set_peft_model_state_dict(model, merged)
         unexpected = list(getattr(result, "unexpected_keys", []))
         if unexpected:  # cannot happen after check_tensors; guards against peft changes
             raise RuntimeError(f"peft did not load: {unexpected[:5]}")
-        for name, param in model.named_parameters():
-            if param.requires_grad and part_of(_strip_adapter_name(name)) in frozen:
-                param.requires_grad_(False)
+        for param, key in self._trainable:
+            param.requires_grad_(part_of(key) not in frozen)
         return model.eval()
 
     # ------------------------------------------------------------------ training
@@ -199,8 +220,8 @@ class LoraTrainer:
         private: Mapping[str, torch.Tensor] | None = None,
         shared_parts: Iterable[str],
         frozen_parts: Iterable[str] = frozenset(),
-        train_data: Data,
-        val_data: Data | None = None,
+        train_data: LocalDataset,
+        val_data: LocalDataset | None = None,
         settings: TrainSettings,
         on_step: Callable[[int, int], None] | None = None,
     ) -> TrainResult:
@@ -209,8 +230,9 @@ class LoraTrainer:
         ``shared_parts`` are the parts the job's strategy uploads (``{"lora_A", "lora_B",
         "extra"}`` for RBLA, ``{"lora_A"}`` for FedSA, ``{"vera_lambda_d"}`` for FedSA-VeRA,
         ``{"lora_B", "extra"}`` with ``frozen_parts={"lora_A"}`` for FFA). Metrics:
-        ``train_loss`` (mean over all steps), ``val_loss``, ``val_accuracy`` (when ``val_data``
-        is given), ``train_seconds`` and ``steps``. ``on_step(done, total)`` reports progress.
+        ``train_loss`` (mean per sample, or per label token for a causal LM), ``val_loss`` and,
+        for a classifier, ``val_accuracy`` (when ``val_data`` is given), ``train_seconds`` and
+        ``steps``. ``on_step(done, total)`` reports progress.
         """
         shared = check_parts("shared_parts", shared_parts, adapter.adapter_type)
         frozen = check_parts("frozen_parts", frozen_parts, adapter.adapter_type)
@@ -218,13 +240,20 @@ class LoraTrainer:
             raise ValueError("shared_parts is empty: the update would contain nothing")
         if shared & frozen:
             raise ValueError(f"parts {sorted(shared & frozen)} are both shared and frozen")
-        x, y = as_tensors(train_data, self.device)
-        model = self.load_model(
-            adapter, incoming=incoming, private=private, frozen_parts=frozen, seed=settings.seed
-        )
+        if len(train_data) == 0:
+            raise ValueError("train_data is empty")
+        model = self.load_model(adapter, incoming=incoming, private=private, frozen_parts=frozen)
         started = time.perf_counter()
         with self._seeded(settings.seed):
-            train_loss, steps = fit(model, x, y, settings, on_step)
+            train_loss, steps = fit(
+                model,
+                train_data,
+                self.spec.task_type,
+                settings,
+                device=self.device,
+                precision=self.precision,
+                on_step=on_step,
+            )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         metrics = {
@@ -232,11 +261,9 @@ class LoraTrainer:
             "train_seconds": time.perf_counter() - started,
             "steps": float(steps),
         }
-        if val_data is not None:
-            vx, vy = as_tensors(val_data, self.device)
-            losses, preds = per_sample_cross_entropy(model, vx, vy, settings.eval_batch_size)
-            metrics["val_loss"] = float(losses.mean())
-            metrics["val_accuracy"] = float((preds == vy).float().mean())
+        if val_data is not None and len(val_data):
+            metrics.update(self._observe(model, val_data, settings.eval_batch_size).metrics("val_"))
+            metrics.pop("val_n_samples")
         state = get_peft_model_state_dict(model)
         upload = {k: v for k, v in state.items() if part_of(k) in shared}
         if not upload:
@@ -248,11 +275,14 @@ class LoraTrainer:
         }
         metadata = {
             **adapter.metadata(),
-            "n_samples": str(len(y)),
+            "n_samples": str(len(train_data)),
             "parts": ",".join(sorted(shared)),
         }
         return TrainResult(
-            update=encode_update(upload, metadata), private=kept, n_samples=len(y), metrics=metrics
+            update=encode_update(upload, metadata),
+            private=kept,
+            n_samples=len(train_data),
+            metrics=metrics,
         )
 
     # ------------------------------------------------------------------ observation
@@ -263,42 +293,31 @@ class LoraTrainer:
         *,
         incoming: Mapping[str, torch.Tensor],
         private: Mapping[str, torch.Tensor] | None = None,
-        data: Data,
-        batch_size: int = 256,
+        data: LocalDataset,
+        batch_size: int = 64,
     ) -> dict[str, float]:
-        """``loss``, ``accuracy`` and ``n_samples`` of the adapter (incoming + private) on data."""
-        losses, preds, y = self._observe(adapter, incoming, private, data, batch_size)
-        return {
-            "loss": float(losses.mean()),
-            "accuracy": float((preds == y).float().mean()),
-            "n_samples": float(len(y)),
-        }
-
-    def per_sample_losses(
-        self,
-        adapter: AdapterConfig,
-        *,
-        incoming: Mapping[str, torch.Tensor],
-        private: Mapping[str, torch.Tensor] | None = None,
-        data: Data,
-        batch_size: int = 256,
-    ) -> np.ndarray:
-        """Per-sample cross-entropy of one observation pass (no update kept), for AutoRank's m4."""
-        losses, _, _ = self._observe(adapter, incoming, private, data, batch_size)
-        return losses.detach().cpu().numpy().astype(np.float64)
-
-    def _observe(
-        self,
-        adapter: AdapterConfig,
-        incoming: Mapping[str, torch.Tensor],
-        private: Mapping[str, torch.Tensor] | None,
-        data: Data,
-        batch_size: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``loss``, ``accuracy`` (classifiers) and ``n_samples`` of incoming + private on data."""
         model = self.load_model(adapter, incoming=incoming, private=private)
-        x, y = as_tensors(data, self.device)
-        losses, preds = per_sample_cross_entropy(model, x, y, batch_size)
-        return losses, preds, y
+        return self._observe(model, data, batch_size).metrics()
+
+    def base_losses(self, data: LocalDataset, *, batch_size: int = 64) -> np.ndarray:
+        """Per-sample losses of the base model (the initial global model, every B being zero):
+        the observation pass of AutoRank's loss entropy, before any adapter exists."""
+        model = self.base_model() if self._peft is None else self._peft
+        disabled = self._peft.disable_adapter() if self._peft is not None else None
+        with disabled or contextlib.nullcontext():
+            losses = self._observe(model, data, batch_size).losses
+        return losses.numpy().astype(np.float64)
+
+    def _observe(self, model: nn.Module, data: LocalDataset, batch_size: int) -> Observation:
+        return observe(
+            model,
+            data,
+            self.spec.task_type,
+            batch_size=batch_size,
+            device=self.device,
+            precision=self.precision,
+        )
 
     @contextlib.contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
@@ -309,10 +328,17 @@ class LoraTrainer:
             yield
 
 
-@contextlib.contextmanager
-def _quiet_vera() -> Iterator[None]:
-    # save_projection=False is deliberate (every party regenerates the frozen projections from
-    # the shared PRNG key), but peft warns about it on every config, build and load.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Specified to not (save|load) vera_A")
-        yield
+def _unwrap(model: PeftModel) -> nn.Module:
+    """The base model with its original modules back: peft's ``unload`` removes the LoRA
+    layers but keeps a ``modules_to_save`` module's trained copy, which would change the base."""
+    prefix = "base_model.model."
+    originals = {
+        name.removeprefix(prefix): module.original_module
+        for name, module in model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    }
+    with quiet_vera():
+        base = model.unload()
+    for name, module in originals.items():
+        base.set_submodule(name, module)
+    return base

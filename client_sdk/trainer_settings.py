@@ -63,13 +63,16 @@ class TrainSettings:
 
     ``max_steps``, when set, takes priority over ``epochs``: training runs exactly that many
     optimiser steps, reshuffling the data at every pass (the FedSA paper's "10 local steps").
-    Otherwise training runs ``epochs`` full passes over the local data.
+    Otherwise training runs ``epochs`` full passes over the local data. A step sums the
+    gradients of ``gradient_accumulation_steps`` batches (an effective batch that many times
+    ``batch_size``, in the memory of one).
     """
 
     epochs: int | None = 1
     max_steps: int | None = None
     lr: float = 1e-2
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.0
@@ -88,6 +91,11 @@ class TrainSettings:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not _is_int(self.gradient_accumulation_steps) or self.gradient_accumulation_steps < 1:
+            raise ValueError(
+                "gradient_accumulation_steps must be an integer >= 1, "
+                f"got {self.gradient_accumulation_steps!r}"
+            )
         if not _is_int(self.eval_batch_size) or self.eval_batch_size < 1:
             raise ValueError(
                 f"eval_batch_size must be an integer >= 1, got {self.eval_batch_size!r}"

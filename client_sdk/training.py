@@ -12,45 +12,42 @@ import zlib
 
 from client_sdk.profile import ComplexityStats, profile
 from client_sdk.rounds import LocalUpdate, RoundContext
+from client_sdk.text_data import LocalDataset
 from client_sdk.trainer import (
-    AdapterConfig,
     LoraTrainer,
     TrainSettings,
     decode_update,
     encode_update,
 )
-from client_sdk.trainer_data import Data, as_tensors
 
 
 class LoraRound:
-    """Train callback for :class:`~client_sdk.Client` built from a trainer and ``(X, y)`` data.
+    """Train callback for :class:`~client_sdk.Client` built from a trainer and local data.
 
-    ``val_data`` (optional) gives the ``val_loss`` / ``val_accuracy`` metrics reported with
-    every update; ``num_classes`` normalises the label entropy of :meth:`stats`.
+    ``val_data`` (optional) gives the ``val_loss`` (and, for a classifier, ``val_accuracy``)
+    metrics reported with every update.
     """
 
     def __init__(
-        self,
-        trainer: LoraTrainer,
-        data: Data,
-        val_data: Data | None = None,
-        *,
-        num_classes: int | None = None,
+        self, trainer: LoraTrainer, data: LocalDataset, val_data: LocalDataset | None = None
     ) -> None:
         self.trainer = trainer
         self.data = data
         self.val_data = val_data
-        self.num_classes = num_classes
+
+    @property
+    def model_sha256(self) -> str | None:
+        """The config hash of the trainer's model, sent at enrolment to prove it is the job's."""
+        return self.trainer.model_sha256
 
     def stats(self) -> ComplexityStats:
-        """AutoRank statistics of the training data: labels plus one loss pass of the base.
+        """AutoRank statistics of the training data: labels (classifiers) plus one loss pass.
 
         Before round 1 every LoRA B is zero, so the initial global model's losses are the base
-        model's: one observation pass at rank 1 with nothing loaded gives them.
+        model's.
         """
-        _, y = as_tensors(self.data, self.trainer.device)
-        losses = self.trainer.per_sample_losses(AdapterConfig(1), incoming={}, data=self.data)
-        return profile(y.cpu().numpy(), losses, num_classes=self.num_classes)
+        losses = self.trainer.base_losses(self.data)
+        return profile(self.data.labels, losses, num_classes=self.trainer.num_labels)
 
     def __call__(self, ctx: RoundContext) -> LocalUpdate:
         """Train one round (see :class:`~client_sdk.rounds.RoundContext`)."""
@@ -83,8 +80,7 @@ class LoraRound:
             kept = encode_update(
                 result.private,
                 {
-                    "rank": str(task.rank),
-                    "adapter_type": task.adapter_type,
+                    **task.adapter.metadata(),
                     "strategy": task.strategy,
                     "round": str(task.round_number),
                 },

@@ -55,7 +55,8 @@ def _operator_client(args: argparse.Namespace) -> Any:
     )
 
 
-def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+def _send(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """The coordinator's answer (an ``httpx.Response``); an error exits with its message."""
     import httpx
 
     try:
@@ -69,7 +70,11 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
         except ValueError:
             detail = response.text
         raise SystemExit(f"error: {response.status_code}: {json.dumps(detail, indent=2)}")
-    return response.json()
+    return response
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    return _send(args, method, path, **kwargs).json()
 
 
 def _job_create(args: argparse.Namespace) -> int:
@@ -107,6 +112,47 @@ def _job_list(args: argparse.Namespace) -> int:
 
 def _job_show(args: argparse.Namespace) -> int:
     print(json.dumps(_request(args, "GET", f"/api/v1/jobs/{args.job_id}"), indent=2))
+    return 0
+
+
+def _adapter_export(args: argparse.Namespace) -> int:
+    """Download a round's global adapter in peft's format and unpack it into ``--out``."""
+    import hashlib
+    import io
+    import zipfile
+    from pathlib import PurePosixPath
+
+    params: dict[str, Any] = {"format": "peft"}
+    if args.round is not None:
+        params["round"] = args.round
+    response = _send(args, "GET", f"/api/v1/jobs/{args.job}/adapter", params=params)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(response.content))
+    except zipfile.BadZipFile:
+        raise SystemExit("error: the coordinator's answer is not a zip archive") from None
+    out = Path(args.out)
+    files: dict[str, bytes] = {}
+    for info in archive.infolist():
+        # The archive holds one folder of plain files; anything else is not unpacked.
+        parts = PurePosixPath(info.filename).parts
+        if info.is_dir() or len(parts) != 2 or parts[1].startswith("."):
+            raise SystemExit(f"error: unexpected entry {info.filename!r} in the archive")
+        files[parts[1]] = archive.read(info)
+    expected = {"adapter_config.json", "adapter_model.safetensors", "flaas_lineage.json"}
+    missing = expected - set(files)
+    if missing:
+        raise SystemExit(f"error: the archive lacks {', '.join(sorted(missing))}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+        print(f"{out / name}  {len(data)} bytes")
+    config = json.loads(files["adapter_config.json"])
+    lineage = json.loads(files["flaas_lineage.json"])
+    weights = hashlib.sha256(files["adapter_model.safetensors"]).hexdigest()
+    print(
+        f"job {args.job} round {lineage['round']}: rank {config['r']}, "
+        f"lora_alpha {config['lora_alpha']}, adapter_model.safetensors sha256 {weights}"
+    )
     return 0
 
 
@@ -150,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_job_show)
     for sub in (create, listing, show):
         _add_server_options(sub)
+
+    adapter = commands.add_parser("adapter", help="download global adapters").add_subparsers(
+        dest="adapter_command", required=True
+    )
+    export = adapter.add_parser(
+        "export", help="a round's global adapter as a directory PeftModel.from_pretrained loads"
+    )
+    export.add_argument("--job", required=True, help="job id")
+    export.add_argument("--round", type=int, default=None, help="round (default: the newest)")
+    export.add_argument("--out", required=True, help="directory to write the files into")
+    _add_server_options(export)
+    export.set_defaults(handler=_adapter_export)
 
     # These commands' options live with their code; those modules import nothing heavy at
     # the top (numpy, httpx, torch only inside functions), so building the parser stays

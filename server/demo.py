@@ -71,15 +71,13 @@ class Evaluator:
     """Scores rounds: the global adapter on the test set, or the clients' own val_accuracy."""
 
     def __init__(self, task_name: str, strategy: str, r_max: int) -> None:
-        from client_sdk.simulate import BASE_SEED
         from client_sdk.tasks import get_task
         from client_sdk.trainer import LoraTrainer
 
         task = get_task(task_name)
-        self.test = task.load(seed=0).test
-        self.trainer = LoraTrainer(
-            task.build_model(BASE_SEED), task.target_modules, task.head_modules, device="cpu"
-        )
+        data = task.load(seed=0)
+        self.test = task.dataset(data.x_test, data.y_test)
+        self.trainer = LoraTrainer(task.model_spec(), device="cpu")
         self.personalised = strategy.startswith("fedsa")
         self.r_max = r_max
 

@@ -27,6 +27,10 @@ class Conflict(DomainError):
     """The request contradicts the current state (a duplicate update, an unsampled client)."""
 
 
+class NotExportable(Conflict):
+    """A job's global adapter cannot be exported in the asked format (the message says why)."""
+
+
 class Gone(DomainError):
     """The request came too late: the round or job it targets has moved on."""
 

@@ -17,6 +17,10 @@ import httpx
 
 from tests.support import OPERATOR_KEY, stats
 
+# The coordinator runs from its own working directory: put this checkout first on its path,
+# so it serves the code under test, not whichever checkout the environment installed.
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -39,6 +43,7 @@ class LiveCoordinator:
             "FLAAS_OPERATOR_KEYS": OPERATOR_KEY,
             "FLAAS_ENVIRONMENT": "production",
             "FLAAS_SCHEDULER_INTERVAL_S": "0.2",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

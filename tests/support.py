@@ -24,7 +24,6 @@ def job_spec(**overrides: Any) -> dict[str, Any]:
     """A small valid job: two adapted layers and a shared head, 3 clients, 2 rounds."""
     spec: dict[str, Any] = {
         "name": "tiny",
-        "base_model": "tiny-mlp",
         "modules": MODULES,
         "extra": HEAD,
         "strategy": "rbla",

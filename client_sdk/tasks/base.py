@@ -1,50 +1,42 @@
-"""The task interface and the pieces the built-in vision tasks share (MLP, seeded init, split)."""
+"""The task interface and the pieces the built-in tasks share (MLP, seeded init, split)."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from client_sdk.trainer_data import evaluate_classifier
+if TYPE_CHECKING:
+    from client_sdk.model_spec import ModelSpec
+    from client_sdk.text_data import LocalDataset
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's data: training inputs/labels and a held-out test split (numpy arrays)."""
+    """A task's samples (features, or texts for a text task) and labels, split into a training
+    part and a held-out test part (numpy arrays; index them to cut shards)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
 
-    @property
-    def train(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(x_train, y_train)``, the shape the trainer takes."""
-        return self.x_train, self.y_train
-
-    @property
-    def test(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(x_test, y_test)``."""
-        return self.x_test, self.y_test
-
 
 class Task(abc.ABC):
-    """A built-in task: data shipped inside an installed package, a frozen base, adapter targets.
+    """A built-in demo task: data shipped inside an installed package, and the job's model.
 
-    ``build_model(seed)`` must return the identical base for the same seed in every process
-    (every client and the server-side evaluator build their own copy).
+    The model is a :class:`~client_sdk.model_spec.ModelSpec` like any user's: the same trainer
+    trains it. ``dataset(x, y)`` turns a slice of the task's samples into what the trainer
+    reads.
     """
 
     name: str
     num_classes: int
-    target_modules: list[str]
-    head_modules: list[str]
     #: Local training settings a job uses unless it overrides them (TrainSettings.from_dict keys).
     default_settings: dict[str, Any]
 
@@ -53,17 +45,15 @@ class Task(abc.ABC):
         """Load the data and split it deterministically (the split depends only on ``seed``)."""
 
     @abc.abstractmethod
-    def build_model(self, seed: int = 0) -> nn.Module:
-        """The frozen base model, initialised deterministically from ``seed``."""
+    def model_spec(self) -> ModelSpec:
+        """The job's ``model`` section for this task."""
 
-    def evaluate(
-        self, model: nn.Module, x: Any, y: Any, *, batch_size: int = 256
-    ) -> dict[str, float]:
-        """``accuracy``, ``loss`` (mean cross-entropy) and ``n_samples`` of ``model`` on (x, y)."""
-        return evaluate_classifier(model, (x, y), batch_size=batch_size)
+    @abc.abstractmethod
+    def dataset(self, x: np.ndarray, y: np.ndarray) -> LocalDataset:
+        """Samples ``x`` with labels ``y`` (a slice of :meth:`load`'s arrays) as trainer input."""
 
     def __repr__(self) -> str:
-        return f"<Task {self.name}: {self.num_classes} classes, adapts {self.target_modules}>"
+        return f"<Task {self.name}: {self.num_classes} classes, model {self.model_spec().source}>"
 
 
 class MLP(nn.Module):
@@ -75,8 +65,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, hidden)
         self.fc3 = nn.Linear(hidden, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(inputs)))))
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

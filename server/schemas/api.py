@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from client_sdk.model_spec import ModelSpec
 from server.schemas.job_spec import JobSpec, TrainingSettings
 
 T = TypeVar("T")
@@ -70,6 +71,12 @@ class EnrolRequest(BaseModel):
     max_rank: int | None = Field(
         default=None, ge=1, le=1024, description="The device's capacity: assigned rank <= this."
     )
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the device's model config (client_sdk.model_spec.config_sha256); "
+        "enrolment is refused (409) when it differs from the job's model.",
+    )
 
 
 class ClientOut(_FromRow):
@@ -83,6 +90,18 @@ class ClientOut(_FromRow):
     enrolled_at: datetime
     last_seen_at: datetime
     rounds_contributed: int = 0
+
+
+class JobModel(BaseModel):
+    """What a device needs before it enrols: the job's model and how it trains."""
+
+    job_id: uuid.UUID
+    name: str
+    strategy: str
+    model: ModelSpec | None = Field(
+        description="The model to load (null: the job's modules were written by hand)."
+    )
+    training: TrainingSettings
 
 
 class Enrolled(BaseModel):
@@ -160,8 +179,9 @@ class TrainTask(BaseModel):
     shared_parts: list[str] = Field(description="Tensor parts to upload (lora_A, lora_B, ...).")
     frozen_parts: list[str] = Field(description="Parts the client must not train.")
     training: TrainingSettings
-    task: str | None
-    base_model: str
+    model: ModelSpec | None = Field(
+        description="The job's model (null when the job's modules were written by hand)."
+    )
     seed: int
     adapter_url: str
     upload_url: str
@@ -179,3 +199,9 @@ ClientTask = WaitTask | TrainTask | FinishedTask
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorOut(BaseModel):
+    """The body of every 4xx: what went wrong and what to change."""
+
+    detail: str

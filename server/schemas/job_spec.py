@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from client_sdk.model_spec import ModelSpec
+
 MAX_DEADLINE_S = 7 * 24 * 3600
 MAX_RANK = 1024
 _MODULE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -122,6 +124,9 @@ class TrainingSettings(_Strict):
     steps: int | None = Field(default=None, ge=1, le=1_000_000)
     lr: float = Field(default=1e-3, gt=0, le=10)
     batch_size: int = Field(default=16, ge=1, le=65_536)
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Batches summed into one optimiser step."
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
 
     @model_validator(mode="after")
@@ -135,15 +140,17 @@ class JobSpec(_Strict):
     """A federated LoRA fine-tuning job."""
 
     name: str = Field(min_length=1, max_length=200)
-    base_model: str = Field(min_length=1, max_length=200, description="Free-form model name.")
-    task: str | None = Field(
-        default=None, max_length=100, description="Built-in task the SDK's simulated clients run."
+    model: ModelSpec | None = Field(
+        default=None,
+        description="The model to fine-tune; the coordinator derives modules and extra from it "
+        "(give either model or modules).",
     )
     modules: dict[str, tuple[Dim, Dim]] = Field(
-        min_length=1,
+        default_factory=dict,
         max_length=10_000,
         description="Adapted layers: peft key prefix -> [in_features, out_features], e.g. "
-        '{"base_model.model.fc1": [64, 128]}.',
+        '{"base_model.model.fc1": [64, 128]}. Derived from model when it is given; written '
+        "by hand only for clients that train with their own code.",
     )
     extra: dict[str, list[Dim]] = Field(
         default_factory=dict,
@@ -162,6 +169,12 @@ class JobSpec(_Strict):
     round: RoundPolicy = Field(default_factory=RoundPolicy)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     seed: int | None = Field(default=None, ge=0, le=2**62)
+
+    @model_validator(mode="after")
+    def _model_or_modules(self) -> JobSpec:
+        if self.model is None and not self.modules:
+            raise ValueError("give the model to fine-tune (model.source) or its modules")
+        return self
 
     @field_validator("modules", "extra")
     @classmethod

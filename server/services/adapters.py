@@ -50,10 +50,28 @@ def client_adapter_key(session: Session, rt: Runtime, client: Client, round_id: 
     rank = sampled_rank or client.rank
     if rank is None:
         raise Conflict("this client has no rank yet: enrolment is still open")
+    return _distributed(
+        rt, job, starting_adapter(session, job.id, rnd.number), rnd.number - 1, rank
+    )
+
+
+def latest_client_adapter_key(session: Session, rt: Runtime, client: Client) -> str:
+    """Storage key of the newest global adapter cut to ``client``'s rank: what the device
+    combines with its private tensors to export its personalised adapter."""
+    if client.rank is None:
+        raise Conflict("this client has no rank yet: enrolment is still open")
+    source = operator_adapter(session, client.job_id, None)
+    number = session.get_one(Round, source.round_id).number
+    job = session.get_one(Job, client.job_id)
+    return _distributed(rt, job, source, number, client.rank)
+
+
+def _distributed(rt: Runtime, job: Job, source: GlobalAdapter, number: int, rank: int) -> str:
+    """Round ``number``'s global adapter as a client of ``rank`` receives it, cached under a
+    deterministic key per (round, rank, scale)."""
     scale = client_scale(job, rank)
-    key = distributed_key(job.id, rnd.number - 1, rank, scale)
+    key = distributed_key(job.id, number, rank, scale)
     if not rt.store.exists(key):
-        source = starting_adapter(session, job.id, rnd.number)
         with rt.store.local_path(source.storage_key) as path:
             global_tensors = load_file(str(path))
         tensors = strategy_for(job).distribute(global_tensors, rank, scale)

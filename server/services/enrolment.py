@@ -9,9 +9,10 @@ from sqlalchemy.orm import Session
 
 from server.db.models import Client, Job, JobStatus, utcnow
 from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
-from server.schemas.api import EnrolRequest
+from server.schemas.api import EnrolRequest, JobModel
 from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
 from server.services import ranking, rounds
+from server.services.models import check_same_model
 from server.services.runtime import Runtime
 from server.services.strategies import EQUAL_RANK_STRATEGIES, spec_of
 
@@ -23,16 +24,13 @@ def enrol_client(
 
     Enrolment that reaches the job's target size starts the job in the same transaction.
     """
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None or not matches_any(hash_secret(join_token), [job.join_token_hash]):
-        # Same answer for an unknown job and a wrong token: a join token is the only
-        # thing that proves a client may see a job at all.
-        raise Unauthorized("invalid join token for this job")
+    job = job_for_join_token(session, job_id, join_token, lock=True)
     spec = spec_of(job)
     if job.status in rounds.TERMINAL_JOB:
         raise Gone(f"job {job.id} is {job.status}; it accepts no more clients")
     if job.status == JobStatus.RUNNING and not spec.enrolment.allow_late_join:
         raise Gone(f"job {job.id} has started and does not accept late joiners")
+    check_same_model(spec, request.model_sha256)
     enrolled = (
         session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
     )
@@ -69,6 +67,31 @@ def enrol_client(
     ):
         rounds.start_job(session, rt, job, now)
     return client, credential
+
+
+def job_for_join_token(
+    session: Session, job_id: uuid.UUID, join_token: str, *, lock: bool = False
+) -> Job:
+    """The job ``join_token`` opens (locked for update when ``lock``); 401 otherwise."""
+    job = session.get(Job, job_id, with_for_update=lock)
+    if job is None or not matches_any(hash_secret(join_token), [job.join_token_hash]):
+        # Same answer for an unknown job and a wrong token: a join token is the only
+        # thing that proves a client may see a job at all.
+        raise Unauthorized("invalid join token for this job")
+    return job
+
+
+def job_model(session: Session, job_id: uuid.UUID, join_token: str) -> JobModel:
+    """What a device needs to load and check its model before it enrols."""
+    job = job_for_join_token(session, job_id, join_token)
+    spec = spec_of(job)
+    return JobModel(
+        job_id=job.id,
+        name=job.name,
+        strategy=job.strategy,
+        model=spec.model,
+        training=spec.training,
+    )
 
 
 def authenticate_client(session: Session, credential: str) -> Client:

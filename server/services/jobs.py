@@ -15,6 +15,7 @@ from server.errors import InvalidRequest, NotFound
 from server.schemas.job_spec import JobSpec
 from server.security import JOIN_TOKEN_PREFIX, hash_secret, new_secret
 from server.services import rounds
+from server.services.models import with_derived_layout
 from server.services.strategies import (
     EQUAL_RANK_STRATEGIES,
     extra_of,
@@ -25,6 +26,7 @@ from server.services.strategies import (
 
 def create_job(session: Session, spec: JobSpec, *, max_clients: int) -> tuple[Job, str]:
     """Store a new job in ``enrolling`` state; returns it with its join token (shown once)."""
+    spec = with_derived_layout(spec)
     strategy = strategy_for_spec(spec)
     # Ask the strategy for a rank-r_min upload spec now, so a spec the strategy cannot
     # serve (e.g. VeRA with extras it cannot share) fails at creation, not mid-job.

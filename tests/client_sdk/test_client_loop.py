@@ -44,6 +44,9 @@ class FakeCoordinator:
             return httpx.Response(
                 201, json={"client_id": "c1", "job_id": JOB, "credential": "cred", "rank": 4}
             )
+        if path == f"/api/v1/jobs/{JOB}/model":
+            assert request.headers["authorization"] == "Bearer join-token"
+            return httpx.Response(200, json={"job_id": JOB, "name": "j", "model": None})
         assert request.headers["authorization"] == "Bearer cred"
         if path == "/api/v1/clients/me/task":
             return httpx.Response(200, json=self.task())
@@ -69,7 +72,7 @@ class FakeCoordinator:
             "shared_parts": ["lora_A"], "frozen_parts": [],
             "training": {"epochs": 1, "steps": None, "lr": 0.01, "batch_size": 16,
                          "optimizer": "adam"},
-            "task": "digits", "base_model": "m", "seed": 5,
+            "model": None, "seed": 5,
             "adapter_url": f"/api/v1/rounds/r{n}/adapter",
             "upload_url": f"/api/v1/rounds/r{n}/update",
         }  # fmt: skip

@@ -43,25 +43,32 @@ def test_digits_data_is_deterministic_stratified_and_scaled():
     assert not np.array_equal(task.load(seed=1).y_test, a.y_test)
 
 
-def test_digits_base_is_identical_for_a_seed_and_leaves_global_rng_alone():
-    task = get_task("digits")
+def test_builtin_base_is_identical_everywhere_and_leaves_global_rng_alone():
+    from client_sdk.models import build_base
+
+    spec = get_task("digits").model_spec()
+    assert spec.source == "flaas:digits" and spec.task_type == "SEQ_CLS"
     torch.manual_seed(7)
     expected_next = torch.rand(3)
     torch.manual_seed(7)
-    base = task.build_model(seed=0)
+    base = build_base(spec)
     assert torch.equal(torch.rand(3), expected_next)  # caller's RNG stream untouched
-    assert _same_state(base, task.build_model(seed=0))
-    assert not _same_state(base, task.build_model(seed=1))
+    assert _same_state(base, build_base(spec))
     assert [n for n, _ in base.named_children()] == ["fc1", "fc2", "fc3"]
     assert base.fc1.in_features == 64 and base.fc3.out_features == 10
-    for name in task.target_modules + task.head_modules:
+    for name in [*spec.target_modules, *spec.modules_to_save]:
         assert isinstance(getattr(base, name), torch.nn.Linear)
 
 
 def test_untrained_base_is_near_chance_and_settings_are_valid():
+    from client_sdk.trainer import LoraTrainer
+
     task = get_task("digits")
     data = task.load(seed=0)
-    metrics = task.evaluate(task.build_model(seed=0), *data.test)
+    trainer = LoraTrainer(task.model_spec())
+    metrics = trainer.evaluate(
+        AdapterConfig(1), incoming={}, data=task.dataset(data.x_test, data.y_test)
+    )
     assert set(metrics) == {"accuracy", "loss", "n_samples"}
     assert metrics["accuracy"] < 0.3 and metrics["n_samples"] == 360
     for name in ("digits", "mnist", "trec"):
@@ -72,7 +79,7 @@ def test_digits_never_imports_transformers():
     code = (
         "import sys\n"
         "from client_sdk.tasks import get_task\n"
-        "t = get_task('digits'); t.load(0); t.build_model(0)\n"
+        "t = get_task('digits'); d = t.load(0); t.dataset(d.x_test, d.y_test)\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
         "assert 'peft' not in sys.modules, 'peft imported'\n"
     )
@@ -88,10 +95,12 @@ def test_mnist_task():
     assert np.array_equal(data.y_test, task.load(seed=0).y_test)
     assert np.bincount(data.y_test).tolist() == [100] * 10
     assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
-    base = task.build_model(seed=3)
-    assert _same_state(base, task.build_model(seed=3))
-    assert base.fc1.in_features == 784
-    assert task.evaluate(base, *data.test)["accuracy"] < 0.3
+    from client_sdk.trainer import LoraTrainer
+
+    trainer = LoraTrainer(task.model_spec())
+    assert trainer.layout().modules["base_model.model.fc1"] == (784, 128)
+    test = task.dataset(data.x_test, data.y_test)
+    assert trainer.evaluate(AdapterConfig(1), incoming={}, data=test)["accuracy"] < 0.3
 
 
 def _trec_available() -> bool:
@@ -112,25 +121,24 @@ def test_trec_task_loads_offline_and_trains_a_few_steps():
     assert np.bincount(labels).tolist() == [86, 1153, 1245, 1215, 824, 859]
     task = get_task("trec")
     data = task.load(seed=0)
-    assert data.x_train.shape == (4305, 2, 32) and data.x_test.shape == (1077, 2, 32)
-    assert data.x_train.dtype == np.int64
+    assert data.x_train.shape == (4305,) and data.x_test.shape == (1077,)
+    assert isinstance(data.x_train[0], str)
 
-    base = task.build_model(seed=0)
-    assert torch.equal(base.head.weight, task.build_model(seed=0).head.weight)
-    trainer = LoraTrainer(base, task.target_modules, task.head_modules, device="cpu")
+    # The generic path: MiniLM as a Hugging Face sequence classifier with a new 6-class head.
+    trainer = LoraTrainer(task.model_spec(), device="cpu")
     layout = trainer.layout()
     assert len(layout.modules) == 12 and set(layout.modules.values()) == {(384, 384)}
-    assert all(k.startswith("base_model.model.encoder.encoder.layer.") for k in layout.modules)
+    assert all(k.startswith("base_model.model.bert.encoder.layer.") for k in layout.modules)
     assert layout.extra == {
-        "base_model.model.head.weight": (6, 384),
-        "base_model.model.head.bias": (6,),
+        "base_model.model.classifier.weight": (6, 384),
+        "base_model.model.classifier.bias": (6,),
     }
 
     settings = TrainSettings.from_dict({**task.default_settings, "epochs": None, "max_steps": 3})
     result = trainer.train(
         AdapterConfig(4, lora_alpha=8.0), incoming={}, shared_parts={"lora_A"},
-        train_data=(data.x_train[:96], data.y_train[:96]),
-        val_data=(data.x_test[:64], data.y_test[:64]), settings=settings,
+        train_data=task.dataset(data.x_train[:96], data.y_train[:96]),
+        val_data=task.dataset(data.x_test[:64], data.y_test[:64]), settings=settings,
     )  # fmt: skip
     update, meta = decode_update(result.update)
     assert len(update) == 12 and meta["rank"] == "4"

@@ -1,4 +1,5 @@
-"""LoraTrainer on the digits task: layout, parts, FedSA/FFA/VeRA/rsLoRA paths, a tiny FL run."""
+"""LoraTrainer on the built-in digits model: layout, parts, FedSA/FFA/VeRA/rsLoRA paths, a peft
+model built once and reloaded every round, gradient accumulation, a tiny FL run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from client_sdk.trainer import (
     TrainSettings,
     decode_update,
 )
-from client_sdk.trainer_data import resolve_device
+from client_sdk.training_loop import resolve_device
 
 pytest.importorskip("peft")
 
@@ -38,18 +39,25 @@ def task():
     return get_task("digits")
 
 
+class Data:
+    """The digits split as trainer datasets."""
+
+    def __init__(self, task) -> None:
+        self.arrays = task.load(seed=0)
+        self.train = task.dataset(self.arrays.x_train, self.arrays.y_train)
+        self.test = task.dataset(self.arrays.x_test, self.arrays.y_test)
+        self.small = task.dataset(self.arrays.x_train[:400], self.arrays.y_train[:400])
+        self.x_test = torch.as_tensor(self.arrays.x_test)
+
+
 @pytest.fixture(scope="module")
-def data(task):
-    return task.load(seed=0)
+def data(task) -> Data:
+    return Data(task)
 
 
 @pytest.fixture
 def trainer(task) -> LoraTrainer:
-    return LoraTrainer(task.build_model(seed=0), task.target_modules, task.head_modules)
-
-
-def _small(data, n: int = 400):
-    return data.x_train[:n], data.y_train[:n]
+    return LoraTrainer(task.model_spec())
 
 
 def _train(trainer: LoraTrainer, data, **kwargs) -> TrainResult:
@@ -62,7 +70,7 @@ def _train(trainer: LoraTrainer, data, **kwargs) -> TrainResult:
     args = {
         "incoming": {},
         "shared_parts": ALL_LORA,
-        "train_data": _small(data),
+        "train_data": data.small,
         "val_data": data.test,
         "settings": SETTINGS,
     }
@@ -100,14 +108,14 @@ def test_layout_matches_real_peft_state_dict(trainer):
 
 
 def test_training_improves_accuracy_well_above_chance(trainer, task, data):
-    before = task.evaluate(task.build_model(0), *data.test)["accuracy"]
+    before = trainer.evaluate(AdapterConfig(1), incoming={}, data=data.test)["accuracy"]
     result = _train(
         trainer, data, rank=8, lora_alpha=16.0, train_data=data.train,
         settings=SETTINGS.replace(epochs=3),
     )  # fmt: skip
-    assert result.n_samples == len(data.y_train)
+    assert result.n_samples == len(data.train)
     assert result.metrics["val_accuracy"] > 0.75 > before + 0.4
-    assert result.metrics["steps"] == 3 * int(np.ceil(len(data.y_train) / 16))
+    assert result.metrics["steps"] == 3 * int(np.ceil(len(data.train) / 16))
     assert {"train_loss", "val_loss", "train_seconds"} <= set(result.metrics)
 
 
@@ -122,9 +130,28 @@ def test_update_holds_exactly_the_shared_parts(trainer, data, rank):
     assert result.private == {}  # RBLA shares every trainable part
 
 
-def test_training_is_deterministic_for_a_seed(trainer, data):
-    assert _train(trainer, data).update == _train(trainer, data).update
-    assert _train(trainer, data).update != _train(trainer, data, settings=SETTINGS.replace(seed=1))
+def test_training_is_deterministic_for_a_seed(trainer, task, data):
+    first = _train(trainer, data).update
+    assert _train(trainer, data).update == first  # the same peft model, reloaded
+    assert _train(LoraTrainer(task.model_spec()), data).update == first  # a new process
+    assert _train(trainer, data, settings=SETTINGS.replace(seed=1)).update != first
+
+
+def test_peft_model_is_built_once_and_rebuilt_only_for_another_adapter(trainer, data):
+    for _ in range(3):
+        result = _train(trainer, data)
+    assert trainer.builds == 1
+    incoming = decode_update(result.update)[0]
+    _train(trainer, data, incoming=incoming)
+    assert trainer.builds == 1
+    rank8 = _train(trainer, data, rank=8, lora_alpha=16.0)
+    assert trainer.builds == 2
+    assert {k: tuple(v.shape) for k, v in decode_update(rank8.update)[0].items()} == (
+        trainer.layout().shapes(8)
+    )
+    # Back at rank 4 after the rank-8 build: the base has its original layers again.
+    assert _train(trainer, data).update == result.update
+    assert trainer.builds == 3
 
 
 def test_fedsa_keeps_b_and_head_private_and_they_reload_exactly(trainer, task, data, tmp_path):
@@ -142,13 +169,15 @@ def test_fedsa_keeps_b_and_head_private_and_they_reload_exactly(trainer, task, d
     # Persist, "restart": a new DeviceState and a new trainer with a freshly built base.
     DeviceState(tmp_path).save_private(result.private)
     private = DeviceState(tmp_path).load_private()
-    fresh = LoraTrainer(task.build_model(seed=0), task.target_modules, task.head_modules)
-    x = torch.as_tensor(data.x_test)
+    fresh = LoraTrainer(task.model_spec())
+    x = data.x_test
     with torch.no_grad():
         a = trainer.load_model(
             AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=result.private
-        )(x)
-        b = fresh.load_model(AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=private)(x)
+        )(inputs=x)
+        b = fresh.load_model(AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=private)(
+            inputs=x
+        )
     assert torch.equal(a, b)
     reloaded = fresh.evaluate(
         AdapterConfig(4, lora_alpha=8.0), incoming=shared, private=private, data=data.test
@@ -195,8 +224,8 @@ def test_ffa_keeps_frozen_a_bit_identical(trainer, data, monkeypatch):
     seen = {}
     original_fit = trainer_module.fit
 
-    def spy(model, x, y, settings, *args, **kwargs):
-        out = original_fit(model, x, y, settings, *args, **kwargs)
+    def spy(model, *args, **kwargs):
+        out = original_fit(model, *args, **kwargs)
         from peft import get_peft_model_state_dict
 
         seen.update({k: v.clone() for k, v in get_peft_model_state_dict(model).items()})
@@ -217,10 +246,12 @@ def test_ffa_keeps_frozen_a_bit_identical(trainer, data, monkeypatch):
 
 def test_rslora_changes_the_scale_and_trains(trainer, data):
     trained = decode_update(_train(trainer, data, rank=16, lora_alpha=16.0).update)[0]
-    x = torch.as_tensor(data.x_test[:32])
+    x = data.x_test[:32]
     with torch.no_grad():
-        plain = trainer.load_model(AdapterConfig(16, lora_alpha=16.0), incoming=trained)(x)
-        rs = trainer.load_model(AdapterConfig(16, 16.0, use_rslora=True), incoming=trained)(x)
+        plain = trainer.load_model(AdapterConfig(16, lora_alpha=16.0), incoming=trained)(inputs=x)
+        rs = trainer.load_model(AdapterConfig(16, 16.0, use_rslora=True), incoming=trained)(
+            inputs=x
+        )
     assert not torch.allclose(plain, rs)  # scale alpha/sqrt(r) = 4 instead of alpha/r = 1
     result = _train(trainer, data, rank=16, lora_alpha=16.0, use_rslora=True)
     assert decode_update(result.update)[1]["use_rslora"] == "true"
@@ -259,30 +290,46 @@ def test_max_steps_and_other_optimizers(trainer, data, optimizer):
     assert result.metrics["val_accuracy"] > 0.3
 
 
-def test_per_sample_losses_match_evaluate(trainer, data):
-    incoming = decode_update(_train(trainer, data).update)[0]
-    losses = trainer.per_sample_losses(
-        AdapterConfig(4, lora_alpha=8.0), incoming=incoming, data=data.test
-    )
-    assert losses.shape == (len(data.y_test),) and losses.dtype == np.float64
+def test_base_losses_are_the_untrained_models_and_match_evaluate(task, data):
+    trainer = LoraTrainer(task.model_spec())
+    losses = trainer.base_losses(data.test)
+    assert losses.shape == (len(data.test),) and losses.dtype == np.float64
     assert (losses >= 0).all()
-    metrics = trainer.evaluate(AdapterConfig(4, lora_alpha=8.0), incoming=incoming, data=data.test)
+    # Every B is zero before round 1: the base's losses are the rank-1 adapter's with nothing
+    # loaded, and they stay the base's once a trained peft model exists.
+    metrics = trainer.evaluate(AdapterConfig(1), incoming={}, data=data.test)
     assert metrics["loss"] == pytest.approx(losses.mean(), rel=1e-5)
-    assert metrics["n_samples"] == len(data.y_test)
+    assert metrics["n_samples"] == len(data.test)
+    _train(trainer, data)
+    assert np.allclose(trainer.base_losses(data.test), losses, rtol=1e-5)
 
 
-def test_trainer_takes_a_factory_and_never_mutates_the_base(task, data):
-    base = task.build_model(seed=0)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    LoraTrainer(base, task.target_modules, task.head_modules).train(
-        AdapterConfig(4, lora_alpha=8.0), incoming={}, shared_parts=ALL_LORA,
-        train_data=_small(data), settings=SETTINGS,
-    )  # fmt: skip
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    by_factory = LoraTrainer(
-        lambda: task.build_model(seed=0), task.target_modules, task.head_modules
-    )
-    assert by_factory.layout() == LoraTrainer(base, task.target_modules, task.head_modules).layout()
+def test_gradient_accumulation_equals_one_big_batch(task, data):
+    """Two accumulated batches of 8 make the step one batch of 16 makes (plain SGD)."""
+    sgd = TrainSettings(epochs=None, max_steps=5, lr=0.1, batch_size=16, optimizer="sgd")
+    accumulated = sgd.replace(batch_size=8, gradient_accumulation_steps=2)
+    one = decode_update(_train(LoraTrainer(task.model_spec()), data, settings=sgd).update)[0]
+    two = decode_update(_train(LoraTrainer(task.model_spec()), data, settings=accumulated).update)[
+        0
+    ]
+    one_step = sgd.replace(max_steps=1)
+    moved = decode_update(_train(LoraTrainer(task.model_spec()), data, settings=one_step).update)[0]
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    assert any(not torch.allclose(one[k], moved[k]) for k in one)
+
+
+def test_trainer_takes_a_base_module_or_factory(task, data):
+    spec = task.model_spec()
+    from client_sdk.models import build_base
+
+    handed = LoraTrainer(spec, model=build_base(spec))
+    by_factory = LoraTrainer(spec, model=lambda: build_base(spec))
+    assert handed.layout() == by_factory.layout() == LoraTrainer(spec).layout()
+    assert handed.model_sha256 is None  # nothing says which model a bare module is
+    assert LoraTrainer(spec).model_sha256 == LoraTrainer(spec).location.config_sha256
+    with pytest.raises(TypeError, match="not an nn.Module"):
+        LoraTrainer(spec, model=lambda: "nope").layout()
 
 
 def _dirichlet_split(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
@@ -301,10 +348,10 @@ def _dirichlet_split(y: np.ndarray, clients: int, alpha: float, seed: int) -> li
 
 def test_federated_fedavg_sanity_without_a_server(task, data):
     """4 clients, Dirichlet(0.5), 5 rounds of FedAvg over A, B and head at r=8: > 0.6."""
-    trainer = LoraTrainer(task.build_model(seed=0), task.target_modules, task.head_modules)
-    splits = _dirichlet_split(data.y_train, clients=4, alpha=0.5, seed=0)
-    # Round 0: one shared initial adapter (A random from a recorded seed, B = 0), as a server does.
-    init = trainer.load_model(AdapterConfig(8, lora_alpha=16.0), incoming={}, seed=42)
+    trainer = LoraTrainer(task.model_spec())
+    splits = _dirichlet_split(data.arrays.y_train, clients=4, alpha=0.5, seed=0)
+    # Round 0: one shared initial adapter (A random, B = 0), as a server does.
+    init = trainer.load_model(AdapterConfig(8, lora_alpha=16.0), incoming={})
     from peft import get_peft_model_state_dict
 
     global_sd = {k: v.detach().clone() for k, v in get_peft_model_state_dict(init).items()}
@@ -314,7 +361,7 @@ def test_federated_fedavg_sanity_without_a_server(task, data):
         for k, idx in enumerate(splits):
             result = trainer.train(
                 AdapterConfig(8, lora_alpha=16.0), incoming=global_sd, shared_parts=ALL_LORA,
-                train_data=(data.x_train[idx], data.y_train[idx]),
+                train_data=task.dataset(data.arrays.x_train[idx], data.arrays.y_train[idx]),
                 settings=SETTINGS.replace(seed=1000 * rnd + k),
             )  # fmt: skip
             updates.append(decode_update(result.update)[0])

@@ -18,7 +18,7 @@ import time
 from client_sdk.api import ApiClient
 from client_sdk.client import Client
 from client_sdk.rounds import LocalUpdate, Progress, RoundContext
-from client_sdk.simulate import BASE_SEED, make_shards
+from client_sdk.simulate import make_shards
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
 from client_sdk.trainer import LoraTrainer
@@ -30,9 +30,10 @@ def main() -> int:
     task = get_task("digits")
     data = task.load(seed=0)
     shard = make_shards(data.y_train, data.x_train, int(n_clients), 0.5, seed=0)[int(index)]
-    trainer = LoraTrainer(task.build_model(BASE_SEED), task.target_modules, task.head_modules)
     inner = LoraRound(
-        trainer, (shard.x_train, shard.y_train), (shard.x_val, shard.y_val), num_classes=10
+        LoraTrainer(task.model_spec()),
+        task.dataset(shard.x_train, shard.y_train),
+        task.dataset(shard.x_val, shard.y_val),
     )
 
     def train(ctx: RoundContext) -> LocalUpdate:

@@ -19,13 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
 
 from client_sdk.client import Client
+from client_sdk.device_export import export_personalised
 from client_sdk.rounds import LocalUpdate, Progress, RoundContext
-from client_sdk.simulate import BASE_SEED, make_shards, run_simulation, task_job_spec
+from client_sdk.simulate import make_shards, run_simulation, task_job_spec
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
 from client_sdk.trainer import AdapterConfig, LoraTrainer, decode_update
@@ -105,14 +107,14 @@ def test_fedsa_keeps_b_on_the_device_across_a_restart_and_learns(
     task = get_task("digits")
     data = task.load(seed=0)
     shards = make_shards(data.y_train, data.x_train, CLIENTS, ALPHA, seed=0)
-    base = task.build_model(BASE_SEED)
     seen_private: dict[int, bytes | None] = {}
 
     def make_client(i: int, stop_after: int | None = None) -> tuple[Client, Any]:
         shard = shards[i]
-        trainer = LoraTrainer(base, task.target_modules, task.head_modules)
         inner = LoraRound(
-            trainer, (shard.x_train, shard.y_train), (shard.x_val, shard.y_val), num_classes=10
+            LoraTrainer(task.model_spec()),
+            task.dataset(shard.x_train, shard.y_train),
+            task.dataset(shard.x_val, shard.y_val),
         )
 
         def train(ctx: RoundContext) -> LocalUpdate:
@@ -178,16 +180,54 @@ def test_fedsa_keeps_b_on_the_device_across_a_restart_and_learns(
     a_tensors, meta = decode_update(uploaded.read_bytes())
     private, private_meta = decode_update(DeviceState(state_dir).load_private_bytes())
     assert any(".lora_B." in k for k in private) and private_meta["rank"] == str(me["rank"])
-    evaluation = LoraTrainer(base, task.target_modules, task.head_modules).evaluate(
-        AdapterConfig(me["rank"], lora_alpha=float(meta["lora_alpha"])),
-        incoming=a_tensors, private=private, data=(shards[0].x_val, shards[0].y_val),
-    )  # fmt: skip
+    adapter = AdapterConfig(me["rank"], lora_alpha=float(meta["lora_alpha"]))
+    val = task.dataset(shards[0].x_val, shards[0].y_val)
+    evaluation = LoraTrainer(task.model_spec()).evaluate(
+        adapter, incoming=a_tensors, private=private, data=val
+    )
     assert evaluation["accuracy"] == pytest.approx(me["metrics"]["val_accuracy"], abs=1e-6)
     assert evaluation["loss"] == pytest.approx(me["metrics"]["val_loss"], rel=1e-5)
+
+    # The device exports its personalised adapter (the final global A with its private B and
+    # head); peft loads it as it is and it scores what the device computes for the same model.
+    exported = export_personalised(DeviceState(state_dir), tmp_path / "personalised")
+    assert exported.rank == me["rank"] and exported.round == ROUNDS
+    with live.operator() as http:
+        refused = http.get(f"/api/v1/jobs/{job['id']}/adapter", params={"format": "peft"})
+    assert refused.status_code == 409 and "B" in refused.json()["detail"]
+    device_view = LoraTrainer(task.model_spec()).evaluate(
+        adapter, incoming=_final_global_a(live, restarted), private=private, data=val
+    )
+    peft_view = _peft_metrics(task, exported.directory, val)
+    assert peft_view["accuracy"] == pytest.approx(device_view["accuracy"], abs=1e-6)
+    assert peft_view["loss"] == pytest.approx(device_view["loss"], rel=1e-5)
 
     baseline, accuracy, per_round = score(live, job, "fedsa")
     print(f"\nfedsa: untrained {baseline:.3f} -> {accuracy:.3f}; {per_round} bytes up per round")
     assert accuracy >= baseline + MARGIN
+
+
+def _final_global_a(live: LiveCoordinator, client: Client) -> dict[str, Any]:
+    """The newest global adapter as this client receives it (its rank and scale)."""
+    credentials = client.credentials
+    assert credentials is not None
+    response = httpx.get(
+        f"{live.url}/api/v1/clients/me/adapter",
+        headers={"Authorization": f"Bearer {credentials.token}"},
+    )
+    assert response.status_code == 200, response.text
+    return decode_update(response.content)[0]
+
+
+def _peft_metrics(task: Any, directory: Path, data: Any) -> dict[str, float]:
+    """Loss and accuracy of ``PeftModel.from_pretrained(base, directory)``: the user's view."""
+    from peft import PeftModel
+
+    from client_sdk.models import build_base
+    from client_sdk.training_loop import observe
+
+    model = PeftModel.from_pretrained(build_base(task.model_spec()), str(directory))
+    return observe(model, data, "SEQ_CLS", device=torch.device("cpu")).metrics()
 
 
 def _crash_client(live: LiveCoordinator, job: dict, state: Path, mode: str, marker: Path):
@@ -206,15 +246,12 @@ def test_client_killed_mid_upload_or_before_recording_counts_exactly_once(
     task = get_task("digits")
     data = task.load(seed=0)
     shard = make_shards(data.y_train, data.x_train, 2, ALPHA, seed=0)[0]
-    trainer = LoraTrainer(task.build_model(BASE_SEED), task.target_modules, task.head_modules)
     other = Client(live.url, job["id"], join_token=job["join_token"], state_dir=tmp_path / "c0")
     outcome: list[Any] = []
     thread = threading.Thread(
         target=lambda: outcome.append(
             other.run(
-                LoraTrainer(task.build_model(BASE_SEED), task.target_modules, task.head_modules),
-                data=(shard.x_train, shard.y_train),
-                num_classes=10,
+                LoraTrainer(task.model_spec()), data=task.dataset(shard.x_train, shard.y_train)
             )
         )
     )
@@ -250,7 +287,9 @@ def test_client_killed_mid_upload_or_before_recording_counts_exactly_once(
     # 3. Restarted again (here, in this process: a new Client on the same state directory):
     # the identical re-send is answered 200, recorded, and the job runs to the end.
     mine_shard = make_shards(data.y_train, data.x_train, 2, ALPHA, seed=0)[1]
-    inner = LoraRound(trainer, (mine_shard.x_train, mine_shard.y_train), num_classes=10)
+    inner = LoraRound(
+        LoraTrainer(task.model_spec()), task.dataset(mine_shard.x_train, mine_shard.y_train)
+    )
 
     def train(ctx: RoundContext) -> LocalUpdate:
         with marker.open("a") as handle:

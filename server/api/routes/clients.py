@@ -5,12 +5,21 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from server.api.deps import BearerToken, CurrentClient, RuntimeDep, SessionDep
-from server.schemas.api import ClientTask, Enrolled, EnrolRequest
-from server.services import client_tasks, enrolment
+from server.db.session import session_scope
+from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel
+from server.services import adapters, client_tasks, enrolment
 
 router = APIRouter(prefix="/api/v1", tags=["clients"])
+
+
+@router.get("/jobs/{job_id}/model", response_model=JobModel)
+def job_model(job_id: uuid.UUID, join_token: BearerToken, session: SessionDep) -> JobModel:
+    """The job's model and training settings, for a device holding the join token: it loads the
+    model and checks it is the same (``model.config_sha256``) before it profiles and enrols."""
+    return enrolment.job_model(session, job_id, join_token)
 
 
 @router.post("/jobs/{job_id}/clients", status_code=201, response_model=Enrolled)
@@ -28,6 +37,23 @@ def enrol(
     client, credential = enrolment.enrol_client(session, runtime, job_id, join_token, body)
     return Enrolled(
         client_id=client.id, job_id=client.job_id, credential=credential, rank=client.rank
+    )
+
+
+@router.get(
+    "/clients/me/adapter",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> StreamingResponse:
+    """The newest global adapter cut to this client's rank (safetensors): with the device's
+    private tensors it makes the client's personalised adapter (``flaas client export``)."""
+    with session_scope(runtime.sessions) as session:
+        key = adapters.latest_client_adapter_key(session, runtime, client)
+    return StreamingResponse(
+        runtime.store.iter_chunks(key),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(runtime.store.size(key))},
     )
 
 

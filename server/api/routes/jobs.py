@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from server.api.deps import OperatorDep, RuntimeDep, SessionDep
 from server.api.pagination import PageParams
 from server.db.models import Job, JobStatus
-from server.schemas.api import ClientOut, JobCreated, JobOut, Page, RoundDetail, RoundOut
+from server.schemas.api import (
+    ClientOut,
+    ErrorOut,
+    JobCreated,
+    JobOut,
+    Page,
+    RoundDetail,
+    RoundOut,
+)
 from server.schemas.job_spec import JobSpec
-from server.services import adapters, jobs, queries
+from server.services import adapters, export, jobs, queries
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[OperatorDep])
 
@@ -84,16 +93,43 @@ def list_clients(job_id: uuid.UUID, session: SessionDep, page: PageParams) -> Pa
 
 @router.get(
     "/{job_id}/adapter",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "format=safetensors: the stored (scale-folded) adapter; "
+            "format=peft: a zip whose folder holds adapter_config.json, "
+            "adapter_model.safetensors and flaas_lineage.json",
+            "content": {"application/octet-stream": {}, "application/zip": {}},
+        },
+        404: {"model": ErrorOut, "description": "No such job, or no closed round yet"},
+        409: {
+            "model": ErrorOut,
+            "description": "format=peft for a job with no global B (FedSA, VeRA) or no model",
+        },
+    },
 )
 def download_global_adapter(
     job_id: uuid.UUID,
     session: SessionDep,
     runtime: RuntimeDep,
     round: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
-) -> StreamingResponse:
-    """The global adapter (safetensors) of a round; the newest one if no round is given."""
+    format: Annotated[
+        Literal["safetensors", "peft"],
+        Query(description="safetensors: as stored; peft: what PeftModel.from_pretrained loads"),
+    ] = "safetensors",
+) -> Response:
+    """The global adapter of a round (the newest one if no round is given)."""
+    if format == "peft":
+        exported = export.peft_export(session, runtime.store, job_id, round)
+        archive = exported.zip_bytes()
+        return Response(
+            archive,
+            media_type="application/zip",
+            headers={
+                "ETag": f'"{hashlib.sha256(archive).hexdigest()}"',
+                "Content-Disposition": f'attachment; filename="{exported.name}.zip"',
+            },
+        )
     adapter = adapters.operator_adapter(session, job_id, round)
     return StreamingResponse(
         runtime.store.iter_chunks(adapter.storage_key),
