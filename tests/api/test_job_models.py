@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM
 
 from client_sdk.model_spec import locate_model
+from client_sdk.trainer_parts import decode_update
 from tests.hf_models import tiny_gpt2, tiny_llama
 from tests.support import bearer, job_spec, operator, stats
 
@@ -162,3 +163,30 @@ def test_devices_read_the_model_and_a_different_one_cannot_enrol(
     assert accepted.status_code == 201, accepted.text
     listed = api.get(f"/api/v1/jobs/{job['id']}/clients", headers=operator(api)).json()
     assert listed["total"] == 1  # the refused device was not enrolled
+
+
+def test_round_one_sends_no_extras_for_a_model_job(api: TestClient) -> None:
+    """Devices start from their model's own saved modules (a pretrained lm_head, or a new head
+    drawn from the trainer's fixed seed); the round-0 draw only gives the adapter its layout."""
+    job = create(
+        api,
+        {
+            "source": "flaas:digits",
+            "task_type": "SEQ_CLS",
+            "target_modules": ["fc1", "fc2"],
+            "modules_to_save": ["fc3"],
+        },
+    ).json()
+    credentials = []
+    for i in range(3):
+        enrolled = api.post(
+            f"/api/v1/jobs/{job['id']}/clients",
+            json={"stats": stats(20 + 10 * i)},
+            headers=bearer(job["join_token"]),
+        )
+        credentials.append(enrolled.json()["credential"])
+    task = api.get("/api/v1/clients/me/task", headers=bearer(credentials[0])).json()
+    assert task["action"] == "train" and task["model"]["source"] == "flaas:digits"
+    received = api.get(task["adapter_url"], headers=bearer(credentials[0]))
+    keys = set(decode_update(received.content)[0])
+    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys), sorted(keys)

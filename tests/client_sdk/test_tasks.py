@@ -130,6 +130,8 @@ def test_trec_task_loads_offline_and_trains_a_few_steps():
     assert len(layout.modules) == 12 and set(layout.modules.values()) == {(384, 384)}
     assert all(k.startswith("base_model.model.bert.encoder.layer.") for k in layout.modules)
     assert layout.extra == {
+        "base_model.model.bert.pooler.dense.weight": (384, 384),
+        "base_model.model.bert.pooler.dense.bias": (384,),
         "base_model.model.classifier.weight": (6, 384),
         "base_model.model.classifier.bias": (6,),
     }
@@ -143,5 +145,5 @@ def test_trec_task_loads_offline_and_trains_a_few_steps():
     update, meta = decode_update(result.update)
     assert len(update) == 12 and meta["rank"] == "4"
     assert {tuple(t.shape) for t in update.values()} == {(4, 384)}
-    assert len(result.private) == 12 + 2  # the B matrices and the head stay on the device
+    assert len(result.private) == 12 + 4  # the B matrices, pooler and head stay on the device
     assert result.metrics["steps"] == 3 and np.isfinite(result.metrics["val_loss"])
