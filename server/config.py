@@ -12,6 +12,13 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVELOPMENT_OPERATOR_KEY = "flaas-dev-operator-key"
+# Threads of the coordinator besides the request threads that may hold a pooled connection at
+# the same time: the embedded scheduler and the embedded aggregation thread. (Readiness probes
+# connect on their own engine, outside the pool.)
+BACKGROUND_DB_THREADS = 2
+# Connections the pool keeps open between bursts, when its size is derived (the rest of the
+# connections the thread budget needs are overflow: opened on demand, closed when returned).
+DERIVED_POOL_SIZE = 10
 
 
 class Settings(BaseSettings):
@@ -36,6 +43,36 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Base URL clients use to reach this coordinator (adapter links).",
+    )
+
+    # Concurrency: the thread budget, and the connection pool sized against it (README,
+    # "Concurrency model").
+    request_threads: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description="Worker threads for sync routes and sync dependencies (anyio's default "
+        "limiter, set at startup); each holds at most one database connection at a time.",
+    )
+    database_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Connections kept open in the pool; derived when unset.",
+    )
+    database_max_overflow: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Connections opened beyond the pool size under load; derived when unset, "
+        "so that the pool holds request_threads + the coordinator's own threads.",
+    )
+    database_pool_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a thread waits for a pooled connection; a request that waits "
+        "longer is answered 503 with Retry-After.",
     )
 
     # Limits: every resource has one.
@@ -120,6 +157,45 @@ class Settings(BaseSettings):
         if any(len(k) < 16 for k in self.operator_keys) and self.environment != "development":
             raise ValueError("operator keys must be at least 16 characters outside development")
         return self
+
+    @model_validator(mode="after")
+    def _pool_serves_every_thread(self) -> Settings:
+        # A thread that waits for a connection holds its thread while it waits; if the
+        # connections' holders ever need a thread to give them back, nothing moves. So every
+        # thread that may hold a connection at once must find one: the pool covers the thread
+        # budget, and a pool timeout only ever means a real overload (answered 503).
+        needed = self.pool_connections_needed
+        connections = self.pool_size + self.pool_max_overflow
+        if connections < needed:
+            raise ValueError(
+                f"FLAAS_DATABASE_POOL_SIZE ({self.pool_size}) + FLAAS_DATABASE_MAX_OVERFLOW "
+                f"({self.pool_max_overflow}) = {connections} connections, fewer than the "
+                f"{needed} threads that may each hold one (FLAAS_REQUEST_THREADS="
+                f"{self.request_threads} + {BACKGROUND_DB_THREADS} coordinator threads): raise "
+                "the pool, lower FLAAS_REQUEST_THREADS, or leave the pool settings unset to "
+                "derive them"
+            )
+        return self
+
+    @property
+    def pool_connections_needed(self) -> int:
+        """Connections the coordinator's pool may open: one per thread that may hold one."""
+        return self.request_threads + BACKGROUND_DB_THREADS
+
+    @property
+    def pool_size(self) -> int:
+        """The pool's persistent connections (``database_pool_size``, or derived)."""
+        if self.database_pool_size is not None:
+            return self.database_pool_size
+        return min(DERIVED_POOL_SIZE, self.pool_connections_needed)
+
+    @property
+    def pool_max_overflow(self) -> int:
+        """Connections beyond ``pool_size`` (``database_max_overflow``, or what the thread
+        budget still needs)."""
+        if self.database_max_overflow is not None:
+            return self.database_max_overflow
+        return max(0, self.pool_connections_needed - self.pool_size)
 
     @property
     def broker_visibility_timeout_s(self) -> int:

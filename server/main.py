@@ -7,13 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from server.api import errors
 from server.api.routes import clients, health, jobs, metrics, rounds
 from server.config import Settings, get_settings
 from server.dashboard import routes as dashboard
-from server.db.session import make_engine, make_session_factory, session_scope
+from server.db.session import (
+    engine_for,
+    make_probe_engine,
+    make_session_factory,
+    session_scope,
+)
 from server.embedded import EmbeddedWorker
 from server.services import rounds as round_service
 from server.services.runtime import Runtime
@@ -38,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     or ``flaas worker --beat``).
     """
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
+    probe_engine = make_probe_engine(settings.database_url)
     worker: EmbeddedWorker | None = None
     dispatch: Any
     if settings.broker_url is None:
@@ -57,7 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        # Sync routes and sync dependencies run on this event loop's default thread limiter;
+        # the pool was sized for exactly this many threads (Settings checks it).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        application.state.probe_threads = health.probe_threads()
         if worker is not None:
             worker.start(runtime)
         else:
@@ -66,8 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with session_scope(runtime.sessions) as session:
                 round_service.recover(session, runtime)
         log.info(
-            "coordinator ready: database %s, storage %s, aggregation %s",
+            "coordinator ready: database %s (pool %d + %d overflow for %d request threads), "
+            "storage %s, aggregation %s",
             engine.url.render_as_string(),
+            settings.pool_size,
+            settings.pool_max_overflow,
+            settings.request_threads,
             settings.storage_url,
             "embedded" if worker is not None else "by Celery workers",
         )
@@ -79,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else:
                 dispatch.close()
             engine.dispose()
+            probe_engine.dispose()
 
     app = FastAPI(
         title="FLaaS coordinator",
@@ -87,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.probe_engine = probe_engine
     errors.install(app)
     for module in (health, jobs, clients, rounds, metrics):
         app.include_router(module.router)

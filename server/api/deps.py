@@ -1,13 +1,22 @@
-"""Dependency aliases, named once: sessions, the runtime, operator and client authentication."""
+"""Dependency aliases, named once: the runtime, operator and client authentication.
+
+There is no session dependency on purpose. A sync generator dependency opens its transaction
+on one request thread and commits it on another, after the route has returned to the event
+loop and its response has been validated on a third: a transaction holding a row lock then
+waits for a thread while the threads wait for its lock (issue 13). A route opens its own
+``session_scope(runtime.sessions)`` instead, so the transaction begins and commits inside the
+route's one thread hand-off (README, "Concurrency model").
+
+Dependencies that do no I/O are ``async``: they run on the event loop and take no request
+thread, so a saturated thread budget does not delay them (nor ``/readyz``, which needs one).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
 from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
 from server.dashboard.auth import session_is_valid
@@ -24,25 +33,16 @@ bearer = HTTPBearer(
 )
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    """A transaction per request, committed before the response is sent."""
-    with session_scope(runtime.sessions) as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def bearer_token(credentials: Bearer) -> str:
+async def bearer_token(credentials: Bearer) -> str:
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
     return credentials.credentials
@@ -51,7 +51,7 @@ def bearer_token(credentials: Bearer) -> str:
 BearerToken = Annotated[str, Depends(bearer_token)]
 
 
-def require_operator(credentials: Bearer, runtime: RuntimeDep, request: Request) -> None:
+async def require_operator(credentials: Bearer, runtime: RuntimeDep, request: Request) -> None:
     """The operator key as a Bearer token, or a dashboard session cookie issued for it."""
     keys = runtime.settings.operator_keys
     if credentials is None or not credentials.credentials:
@@ -66,7 +66,8 @@ OperatorDep = Depends(require_operator)
 
 
 def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
-    """The authenticated client, loaded in a short transaction of its own.
+    """The authenticated client, loaded in a short transaction of its own (begun and
+    committed on this dependency's one request thread).
 
     Streaming routes use it too, so no database connection is held while a body uploads.
     """

@@ -1,4 +1,7 @@
-"""Pagination parameters shared by every list route (``limit`` is capped by settings)."""
+"""Pagination parameters shared by every list route (``limit`` is capped by settings).
+
+``async``: it does no I/O, so it takes no request thread.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ class Pagination:
     offset: int
 
 
-def pagination(
+async def pagination(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Page size")] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,

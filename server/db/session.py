@@ -10,6 +10,14 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from server.config import Settings
+
+# Readiness probes answer within about a second even when the database hangs (libpq's
+# connect_timeout counts whole seconds and treats 1 as 2).
+PROBE_CONNECT_TIMEOUT_S = 2
+PROBE_STATEMENT_TIMEOUT_MS = 1000
 
 
 def normalise_database_url(url: str) -> str:
@@ -21,21 +29,66 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and its parent folder created."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    pool_timeout_s: float = 30.0,
+) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and its parent folder created.
+
+    The coordinator and the workers size the pool from their settings (``engine_for``).
+    """
     url = normalise_database_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.update(pool)  # a file database gets a QueuePool; memory ones are static
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, **kwargs)
+    return create_engine(url, **pool, **kwargs)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The process's engine, its pool sized against the thread budget (``Settings``)."""
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_max_overflow,
+        pool_timeout_s=settings.database_pool_timeout_s,
+    )
+
+
+def make_probe_engine(url: str) -> Engine:
+    """An engine for readiness probes only: no pool (each probe opens its own connection, so
+    it never queues behind requests for a pooled one) and short timeouts.
+
+    SQLite gets neither the pragmas nor ``BEGIN IMMEDIATE``: a probe must not wait for the
+    write lock, and ``SELECT 1`` needs no transaction of its own.
+    """
+    url = normalise_database_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        return create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"check_same_thread": False, "timeout": PROBE_CONNECT_TIMEOUT_S},
+        )
+    return create_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={
+            "connect_timeout": PROBE_CONNECT_TIMEOUT_S,
+            "options": f"-c statement_timeout={PROBE_STATEMENT_TIMEOUT_MS}",
+        },
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

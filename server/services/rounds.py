@@ -7,6 +7,12 @@ Every transition is a compare-and-set ``UPDATE ... WHERE status = <expected>``, 
 actors racing (an upload and the deadline scheduler, a redelivered task and its
 original, two coordinator processes) can never both win. The database is the only
 state: a coordinator restarted at any point continues from it (``recover``).
+
+Lock order: a transaction that locks both takes a job's round rows before the job row (an
+upload, a deadline or a close changes the round, then the job); ``cancel_job`` locks the open
+rounds first too, so a cancel and a deadline never wait on each other (a deadlock). Every
+such transaction begins and commits on one thread and does no waiting in between besides
+the database's own (README, "Concurrency model").
 """
 
 from __future__ import annotations
@@ -240,6 +246,13 @@ def fail_job(session: Session, job_id: uuid.UUID, reason: str, now: datetime) ->
 
 def cancel_job(session: Session, job: Job, now: datetime) -> Job:
     """Cancel a job that has not ended; its open round is failed, nothing more is accepted."""
+    # Rounds before the job (the module's lock order): a deadline failing the open round
+    # holds the round and then updates the job.
+    session.scalars(
+        select(Round.id)
+        .where(Round.job_id == job.id, Round.status == RoundStatus.OPEN)
+        .with_for_update()
+    ).all()
     for expected in (JobStatus.ENROLLING, JobStatus.RUNNING):
         if transition(
             session,

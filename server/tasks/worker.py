@@ -11,7 +11,7 @@ import os
 from celery import current_app
 
 from server.config import get_settings
-from server.db.session import make_engine, make_session_factory
+from server.db.session import engine_for, make_session_factory
 from server.services.runtime import Runtime
 from server.storage import open_store
 from server.tasks.dispatch import CeleryDispatch
@@ -28,7 +28,7 @@ def worker_runtime() -> Runtime:
         settings = get_settings()
         runtime = Runtime(
             settings=settings,
-            sessions=make_session_factory(make_engine(settings.database_url)),
+            sessions=make_session_factory(engine_for(settings)),
             store=open_store(settings.storage_url),
             dispatch=CeleryDispatch(current_app),
         )

@@ -1,4 +1,8 @@
-"""Operator routes: jobs, their rounds, clients and global adapters."""
+"""Operator routes: jobs, their rounds, clients and global adapters.
+
+Each route opens its own transaction and builds its answer inside it, so the transaction
+begins and commits on the route's one request thread (``server.api.deps``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
-from server.api.deps import OperatorDep, RuntimeDep, SessionDep
+from server.api.deps import OperatorDep, RuntimeDep
 from server.api.pagination import PageParams
 from server.db.models import Job, JobStatus
+from server.db.session import session_scope
 from server.schemas.api import (
     ClientOut,
     ErrorOut,
@@ -34,60 +39,69 @@ def _job_out(job: Job, clients: int) -> JobOut:
 
 
 @router.post("", status_code=201, response_model=JobCreated)
-def create_job(spec: JobSpec, session: SessionDep, runtime: RuntimeDep) -> JobCreated:
+def create_job(spec: JobSpec, runtime: RuntimeDep) -> JobCreated:
     """Create a job; the response carries its join token, shown only once."""
-    job, token = jobs.create_job(session, spec, max_clients=runtime.settings.max_clients_per_job)
-    return JobCreated(**_job_out(job, 0).model_dump(), join_token=token)
+    with session_scope(runtime.sessions) as session:
+        job, token = jobs.create_job(
+            session, spec, max_clients=runtime.settings.max_clients_per_job
+        )
+        return JobCreated(**_job_out(job, 0).model_dump(), join_token=token)
 
 
 @router.get("", response_model=Page[JobOut])
 def list_jobs(
-    session: SessionDep, page: PageParams, status: Annotated[JobStatus | None, Query()] = None
+    runtime: RuntimeDep, page: PageParams, status: Annotated[JobStatus | None, Query()] = None
 ) -> Page[JobOut]:
     """List jobs, newest first, optionally filtered by status."""
-    items, total = jobs.list_jobs(session, status=status, limit=page.limit, offset=page.offset)
-    counts = jobs.count_clients(session, [j.id for j in items])
-    return Page(
-        items=[_job_out(j, counts.get(j.id, 0)) for j in items],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    with session_scope(runtime.sessions) as session:
+        items, total = jobs.list_jobs(session, status=status, limit=page.limit, offset=page.offset)
+        counts = jobs.count_clients(session, [j.id for j in items])
+        return Page(
+            items=[_job_out(j, counts.get(j.id, 0)) for j in items],
+            total=total,
+            limit=page.limit,
+            offset=page.offset,
+        )
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+def get_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """One job with its spec, progress and AutoRank evidence."""
-    job = jobs.get_job(session, job_id)
-    return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
+    with session_scope(runtime.sessions) as session:
+        job = jobs.get_job(session, job_id)
+        return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """Cancel an enrolling or running job; its open round stops accepting updates."""
-    job = jobs.cancel_job(session, job_id)
-    return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
+    with session_scope(runtime.sessions) as session:
+        job = jobs.cancel_job(session, job_id)
+        return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
 
 @router.get("/{job_id}/rounds", response_model=Page[RoundOut])
-def list_rounds(job_id: uuid.UUID, session: SessionDep, page: PageParams) -> Page[RoundOut]:
+def list_rounds(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundOut]:
     """The job's rounds in order (round 0 holds the initial adapter)."""
-    items, total = queries.list_rounds(session, job_id, limit=page.limit, offset=page.offset)
+    with session_scope(runtime.sessions) as session:
+        items, total = queries.list_rounds(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get("/{job_id}/rounds/{number}", response_model=RoundDetail)
 def get_round(
-    job_id: uuid.UUID, number: Annotated[int, Path(ge=0, le=1_000_000)], session: SessionDep
+    job_id: uuid.UUID, number: Annotated[int, Path(ge=0, le=1_000_000)], runtime: RuntimeDep
 ) -> RoundDetail:
     """One round with every sampled client's update (accepted, pending or missed)."""
-    return queries.round_detail(session, job_id, number)
+    with session_scope(runtime.sessions) as session:
+        return queries.round_detail(session, job_id, number)
 
 
 @router.get("/{job_id}/clients", response_model=Page[ClientOut])
-def list_clients(job_id: uuid.UUID, session: SessionDep, page: PageParams) -> Page[ClientOut]:
+def list_clients(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[ClientOut]:
     """The job's clients with their statistics, ranks and contributions."""
-    items, total = queries.list_clients(session, job_id, limit=page.limit, offset=page.offset)
+    with session_scope(runtime.sessions) as session:
+        items, total = queries.list_clients(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
@@ -110,7 +124,6 @@ def list_clients(job_id: uuid.UUID, session: SessionDep, page: PageParams) -> Pa
 )
 def download_global_adapter(
     job_id: uuid.UUID,
-    session: SessionDep,
     runtime: RuntimeDep,
     round: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     format: Annotated[
@@ -120,7 +133,8 @@ def download_global_adapter(
 ) -> Response:
     """The global adapter of a round (the newest one if no round is given)."""
     if format == "peft":
-        exported = export.peft_export(session, runtime.store, job_id, round)
+        with session_scope(runtime.sessions) as session:
+            exported = export.peft_export(session, runtime.store, job_id, round)
         archive = exported.zip_bytes()
         return Response(
             archive,
@@ -130,7 +144,8 @@ def download_global_adapter(
                 "Content-Disposition": f'attachment; filename="{exported.name}.zip"',
             },
         )
-    adapter = adapters.operator_adapter(session, job_id, round)
+    with session_scope(runtime.sessions) as session:
+        adapter = adapters.operator_adapter(session, job_id, round)
     return StreamingResponse(
         runtime.store.iter_chunks(adapter.storage_key),
         media_type="application/octet-stream",

@@ -1,6 +1,8 @@
 """Operator monitoring routes: per-round metrics, a job summary, client activity, live events.
 
 The dashboard reads only these and the other public routes, so an API user sees what it sees.
+Each route opens and commits its own transaction on its one request thread
+(``server.api.deps``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import OperatorDep, RuntimeDep, SessionDep
+from server.api.deps import OperatorDep, RuntimeDep
 from server.api.pagination import PageParams
 from server.db.models import JobStatus, UpdateStatus
 from server.db.session import session_scope
@@ -34,27 +36,32 @@ TERMINAL = {JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED}
 
 
 @router.get("/{job_id}/metrics", response_model=Page[RoundMetrics])
-def round_metrics(job_id: uuid.UUID, session: SessionDep, page: PageParams) -> Page[RoundMetrics]:
+def round_metrics(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundMetrics]:
     """Per round: participation, stragglers, rejections, client metrics (mean, std, min, max),
     bytes up and down, phase durations and per-slice coverage. Ordered by round number."""
-    items, total = metrics.round_metrics(session, job_id, limit=page.limit, offset=page.offset)
+    with session_scope(runtime.sessions) as session:
+        items, total = metrics.round_metrics(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get("/{job_id}/summary", response_model=JobSummary)
-def job_summary(job_id: uuid.UUID, session: SessionDep) -> JobSummary:
+def job_summary(job_id: uuid.UUID, runtime: RuntimeDep) -> JobSummary:
     """Client counts by state and by rank, and AutoRank's CRITIC weights."""
-    return metrics.job_summary(session, job_id)
+    with session_scope(runtime.sessions) as session:
+        return metrics.job_summary(session, job_id)
 
 
 @router.get("/{job_id}/clients/activity", response_model=Page[ClientActivity])
 def client_activity(
-    job_id: uuid.UUID, session: SessionDep, page: PageParams
+    job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams
 ) -> Page[ClientActivity]:
     """The job's clients (as ``/clients``) with their state: enrolled (never sampled),
     training (update expected in an open round), active (last update accepted) or
     straggling (missed the last round it was sampled in)."""
-    items, total = metrics.client_activity(session, job_id, limit=page.limit, offset=page.offset)
+    with session_scope(runtime.sessions) as session:
+        items, total = metrics.client_activity(
+            session, job_id, limit=page.limit, offset=page.offset
+        )
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
@@ -62,14 +69,15 @@ def client_activity(
 def round_updates(
     job_id: uuid.UUID,
     number: Annotated[int, Path(ge=0, le=1_000_000)],
-    session: SessionDep,
+    runtime: RuntimeDep,
     page: PageParams,
     status: Annotated[UpdateStatus | None, Query()] = None,
 ) -> Page[UpdateOut]:
     """A page of one round's updates, optionally only accepted, pending or missed ones."""
-    items, total = metrics.round_updates(
-        session, job_id, number, status=status, limit=page.limit, offset=page.offset
-    )
+    with session_scope(runtime.sessions) as session:
+        items, total = metrics.round_updates(
+            session, job_id, number, status=status, limit=page.limit, offset=page.offset
+        )
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 

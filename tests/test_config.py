@@ -1,0 +1,41 @@
+"""Settings: the connection pool is derived from, and checked against, the thread budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from server.config import BACKGROUND_DB_THREADS, Settings
+
+KEY = "test-operator-key-0123456789"
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(environment="production", operator_keys=[KEY], **values)
+
+
+def test_the_pool_is_derived_from_the_thread_budget() -> None:
+    default = settings()
+    assert default.request_threads == 40
+    assert (default.pool_size, default.pool_max_overflow) == (10, 40 + BACKGROUND_DB_THREADS - 10)
+    small = settings(request_threads=4)
+    assert (small.pool_size, small.pool_max_overflow) == (4 + BACKGROUND_DB_THREADS, 0)
+    assert settings(request_threads=100, database_pool_size=20).pool_max_overflow == 82
+
+
+def test_a_pool_smaller_than_the_thread_budget_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(request_threads=40, database_pool_size=10, database_max_overflow=20)
+    message = str(caught.value)
+    assert "30 connections, fewer than the 42 threads" in message
+    assert "FLAAS_REQUEST_THREADS" in message
+    with pytest.raises(ValidationError, match="fewer than the 42 threads"):
+        settings(database_max_overflow=5)  # the derived size (10) + 5 is not enough either
+
+
+def test_a_pool_at_least_the_thread_budget_is_accepted() -> None:
+    explicit = settings(request_threads=8, database_pool_size=5, database_max_overflow=5)
+    assert explicit.pool_size + explicit.pool_max_overflow == 10
+    assert settings(request_threads=8, database_pool_size=50).pool_max_overflow == 0
