@@ -143,9 +143,8 @@ class LoraTrainer:
             if not isinstance(base, nn.Module):
                 raise TypeError(f"model factory returned {type(base).__name__}, not an nn.Module")
             base.requires_grad_(False)
-            enable = getattr(base, "gradient_checkpointing_enable", None)
-            if self.gradient_checkpointing and callable(enable):
-                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.gradient_checkpointing:
+                _enable_checkpointing(base)
             self._base = base.to(self.device).eval()
         return self._base
 
@@ -351,3 +350,12 @@ def _unwrap(model: PeftModel) -> nn.Module:
     for name, module in originals.items():
         base.set_submodule(name, module)
     return base
+
+
+def _enable_checkpointing(base: nn.Module) -> None:
+    """Activation checkpointing of a transformers model, under its current or former name."""
+    kwargs = {"use_reentrant": False}  # non-re-entrant: works with frozen (grad-free) inputs
+    if callable(enable := getattr(base, "activation_checkpointing_enable", None)):
+        enable(activation_checkpointing_kwargs=kwargs)
+    elif callable(enable := getattr(base, "gradient_checkpointing_enable", None)):
+        enable(gradient_checkpointing_kwargs=kwargs)

@@ -1,0 +1,80 @@
+"""The trainer on a Hugging Face causal LM built from a config: loss, checkpointing, precision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from client_sdk.device_data import read_training_data
+from client_sdk.model_spec import ModelSpec, locate_model
+from client_sdk.trainer import AdapterConfig, LoraTrainer, TrainSettings, decode_update
+from client_sdk.training_loop import autocast_dtype, observe
+from tests.hf_models import tiny_llama, write_causal_lm_jsonl
+
+SETTINGS = TrainSettings(epochs=1, lr=5e-3, batch_size=8, optimizer="adamw", seed=3)
+PARTS = {"lora_A", "lora_B"}
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path, object]:
+    root = tmp_path_factory.mktemp("llama")
+    model_dir = tiny_llama(root / "model")
+    spec = ModelSpec(source=str(model_dir), task_type="CAUSAL_LM", target_modules=["q_proj"])
+    data_file = write_causal_lm_jsonl(root / "data.jsonl", n=64)
+    train, _ = read_training_data(data_file, None, spec).datasets(
+        locate_model(str(model_dir)), val_fraction=0
+    )
+    return spec, model_dir, train
+
+
+def _update(trainer: LoraTrainer, train: object) -> dict[str, torch.Tensor]:
+    result = trainer.train(
+        AdapterConfig(4, lora_alpha=8.0), incoming={}, shared_parts=PARTS,
+        train_data=train, settings=SETTINGS,
+    )  # fmt: skip
+    return decode_update(result.update)[0]
+
+
+def test_gradient_checkpointing_changes_memory_not_the_math(llama) -> None:
+    spec, _, train = llama
+    plain = _update(LoraTrainer(spec, device="cpu", gradient_checkpointing=False), train)
+    checkpointed = LoraTrainer(spec, device="cpu", gradient_checkpointing=True)
+    assert checkpointed.base_model().is_activation_checkpointing
+    again = _update(checkpointed, train)
+    assert plain.keys() == again.keys()
+    for key in plain:
+        assert torch.allclose(plain[key], again[key], atol=1e-5), key
+    assert any(v.abs().sum() > 0 for k, v in plain.items() if "lora_B" in k)
+
+
+def test_the_loss_is_the_models_own_next_token_loss(llama) -> None:
+    """The trainer's per-sample loss equals transformers' own loss with the same labels."""
+    spec, _, train = llama
+    trainer = LoraTrainer(spec, device="cpu")
+    batch = next(train.batches(1, seed=None))
+    class One:
+        labels = None
+
+        def __len__(self) -> int:
+            return 1
+
+        def batches(self, batch_size: int, *, seed: int | None) -> Iterator[dict]:
+            yield batch
+
+    ours = observe(trainer.base_model(), One(), "CAUSAL_LM", device=torch.device("cpu"))
+    with torch.no_grad():
+        theirs = trainer.base_model()(**batch).loss
+    assert float(ours.losses[0]) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_cpu_trains_in_fp32_and_bad_precision_is_refused(llama) -> None:
+    spec, _, _ = llama
+    assert autocast_dtype(torch.device("cpu"), "auto") is None
+    assert autocast_dtype(torch.device("cpu"), "bf16") is None
+    assert LoraTrainer(spec, device="cpu", precision="bf16").precision == "fp32"
+    assert not LoraTrainer(spec, device="cpu").gradient_checkpointing  # on only for CUDA
+    with pytest.raises(ValueError, match="precision"):
+        LoraTrainer(spec, precision="int4")
