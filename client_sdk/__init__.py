@@ -5,8 +5,9 @@ Three names cover the common case::
     from client_sdk import Client, LoraTrainer, profile
 
 * :class:`Client` joins a job and runs its rounds (torch-free; resumable after a crash).
-* :class:`LoraTrainer` trains peft LoRA / rsLoRA / VeRA adapters of any torch classifier
-  (needs the ``train`` extra; imported lazily so the base install works without torch).
+* :class:`LoraTrainer` trains peft LoRA / rsLoRA / VeRA adapters of the model a job names (a
+  Hugging Face causal LM or classifier, or a built-in demo MLP; needs the ``train`` extra,
+  imported lazily so the base install works without torch).
 * :func:`profile` computes the AutoRank data-complexity statistics of local data.
 """
 
