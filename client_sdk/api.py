@@ -22,6 +22,9 @@ import httpx
 ByteProgress = Callable[[int, int | None], None]
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+# A long-polled task request may be silent for its whole wait: its read timeout is the wait
+# plus this much (the coordinator's answer, a slow network).
+LONG_POLL_MARGIN_S = 15.0
 UPLOAD_CHUNK_BYTES = 64 * 1024
 
 
@@ -232,9 +235,25 @@ class ApiClient:
         ).json()
         return result
 
-    def task(self) -> dict[str, Any]:
-        """``GET /api/v1/clients/me/task``: a wait, train or finished task (a JSON object)."""
-        result: dict[str, Any] = self.request("GET", "/api/v1/clients/me/task").json()
+    def task(self, wait: float = 0.0) -> dict[str, Any]:
+        """``GET /api/v1/clients/me/task``: a wait, train or finished task (a JSON object).
+
+        With ``wait`` > 0 the coordinator may hold the request up to ``wait`` seconds until
+        the answer changes (long-poll); the read timeout of this request is raised above it.
+        """
+        if wait <= 0:
+            result: dict[str, Any] = self.request("GET", "/api/v1/clients/me/task").json()
+            return result
+        base = self._http.timeout
+        timeout = httpx.Timeout(
+            connect=base.connect,
+            read=max(base.read or 0.0, wait + LONG_POLL_MARGIN_S),
+            write=base.write,
+            pool=base.pool,
+        )
+        result = self.request(
+            "GET", "/api/v1/clients/me/task", params={"wait": wait}, timeout=timeout
+        ).json()
         return result
 
     def download(self, url: str, on_bytes: ByteProgress | None = None) -> bytes:

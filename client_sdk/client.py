@@ -47,6 +47,9 @@ class Client:
     creating the job (needed only the first time: later runs resume from ``state_dir``).
     ``max_rank`` caps the rank the coordinator may assign (the device's capacity).
     ``on_progress`` receives :class:`Progress` events (from the calling thread).
+    ``task_wait_s`` is how long the coordinator may hold a task request until there is work
+    (long-poll; 0 polls): a coordinator that does not hold it, or is too busy to, answers
+    with ``retry_after`` and the client polls as before.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Client:
         on_progress: Callable[[Progress], None] | None = None,
         retry: RetryPolicy | None = None,
         max_poll_s: float = 30.0,
+        task_wait_s: float = 25.0,
         offline_limit_s: float = 900.0,
         api: ApiClient | None = None,
     ) -> None:
@@ -72,6 +76,7 @@ class Client:
         self.state = DeviceState.for_job(state_dir or DEFAULT_STATE_DIR, self.server, self.job_id)
         self.api = api or ApiClient(self.server, retry=retry)
         self.max_poll_s = max_poll_s
+        self.task_wait_s = task_wait_s
         self.offline_limit_s = offline_limit_s
         self._on_progress = on_progress
         self._stop = threading.Event()
@@ -176,7 +181,7 @@ class Client:
 
     def _step(self, train_fn: TrainFn, credentials: Credentials, result: RunResult) -> float:
         """Ask for a task and act on it; returns seconds to wait before asking again."""
-        task = self.api.task()
+        task = self.api.task(wait=self.task_wait_s)
         action = task.get("action")
         if action == "finished":
             result.status, result.reason = str(task.get("status")), task.get("reason")

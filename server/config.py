@@ -75,6 +75,23 @@ class Settings(BaseSettings):
         "longer is answered 503 with Retry-After.",
     )
 
+    # Long-polled task requests (``GET /api/v1/clients/me/task?wait=N``).
+    task_wait_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=300,
+        description="Longest a task request may wait for its answer to change (a longer "
+        "wait is cut to this); 0 turns long-polling off.",
+    )
+    task_waiters_max: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="Task requests that may wait at once in one coordinator process; beyond "
+        "it a request is answered at once, with retry_after (each waiter holds an open "
+        "connection and a little memory, never a thread or a database connection).",
+    )
+
     # Limits: every resource has one.
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
     max_header_bytes: int = Field(default=1024**2, ge=1024)

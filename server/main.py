@@ -21,6 +21,7 @@ from server.db.session import (
     session_scope,
 )
 from server.embedded import EmbeddedWorker
+from server.notify import JobNotifier, Waiters
 from server.services import rounds as round_service
 from server.services.runtime import Runtime
 from server.storage import open_store
@@ -56,11 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from server.tasks.dispatch import CeleryDispatch
 
         dispatch = CeleryDispatch(make_celery(settings))
+    notifier = JobNotifier(Waiters(settings.task_waiters_max), settings.broker_url)
     runtime = Runtime(
         settings=settings,
         sessions=make_session_factory(engine),
         store=open_store(settings.storage_url),
         dispatch=dispatch,
+        notify=notifier.publish,
     )
 
     @asynccontextmanager
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the pool was sized for exactly this many threads (Settings checks it).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         application.state.probe_threads = health.probe_threads()
+        await notifier.start()  # before serving: a waiter must hear what other processes say
         if worker is not None:
             worker.start(runtime)
         else:
@@ -93,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 worker.stop()
             else:
                 dispatch.close()
+            await notifier.stop()
             engine.dispose()
             probe_engine.dispose()
 
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.waiters = notifier.waiters
     app.state.probe_engine = probe_engine
     errors.install(app)
     for module in (health, jobs, clients, rounds, metrics):

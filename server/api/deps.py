@@ -23,6 +23,7 @@ from server.dashboard.auth import session_is_valid
 from server.db.models import Client
 from server.db.session import session_scope
 from server.errors import Unauthorized
+from server.notify import Waiters
 from server.security import matches_any
 from server.services.enrolment import authenticate_client
 from server.services.runtime import Runtime
@@ -39,6 +40,14 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_waiters(request: Request) -> Waiters:
+    waiters: Waiters = request.app.state.waiters
+    return waiters
+
+
+WaitersDep = Annotated[Waiters, Depends(get_waiters)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 

@@ -74,7 +74,7 @@ def aggregate_round(rt: Runtime, round_id: uuid.UUID, *, attempt: str | None = N
         _fail(rt, round_id, exc)
         return
     with session_scope(rt.sessions) as session:
-        if not _close(session, round_id, adapter, stats):
+        if not _close(session, rt, round_id, adapter, stats):
             return
         shard = session.get_one(AggregationShard, (round_id, 0))
         sharding.finish(session, shard, utcnow(), _step_stats(stats))
@@ -130,18 +130,22 @@ def combine_round(rt: Runtime, round_id: uuid.UUID) -> None:
         _fail(rt, round_id, exc)
         return
     with session_scope(rt.sessions) as session:
-        if not _close(session, round_id, adapter, stats):
+        if not _close(session, rt, round_id, adapter, stats):
             return
         after_commit(session, lambda: _delete([key for _, _, key in partials], rt))
 
 
 # ---------------------------------------------------------------------------------- helpers
 def _close(
-    session: Session, round_id: uuid.UUID, adapter: GlobalAdapter, stats: dict[str, object]
+    session: Session,
+    rt: Runtime,
+    round_id: uuid.UUID,
+    adapter: GlobalAdapter,
+    stats: dict[str, object],
 ) -> bool:
     """Close the round with its adapter; False if another worker already closed it."""
     adapter.round_id = round_id
-    if rounds.close_round(session, round_id, adapter, stats, utcnow()):
+    if rounds.close_round(session, rt, round_id, adapter, stats, utcnow()):
         return True
     log.info("round %s was closed by another worker", round_id)
     return False
@@ -167,7 +171,7 @@ def _claimed(
 ) -> bool:
     outcome = sharding.claim(session, rt, shard, attempt, now)
     if outcome == sharding.EXHAUSTED:
-        rounds.fail_round(session, rnd.id, sharding.exhausted_reason(rt, shard), utcnow())
+        rounds.fail_round(session, rt, rnd.id, sharding.exhausted_reason(rt, shard), utcnow())
         log.error("round %s: %s", rnd.id, sharding.exhausted_reason(rt, shard))
     elif outcome != sharding.CLAIMED:
         log.info("round %s step %d is %s: nothing to do", rnd.id, shard.index, outcome)
@@ -200,7 +204,7 @@ def _load_work(session: Session, rnd: Round, job: Job) -> Work:
 def _fail(rt: Runtime, round_id: uuid.UUID, exc: Exception) -> None:
     reason = f"aggregation failed: {exc}"
     with session_scope(rt.sessions) as session:
-        rounds.fail_round(session, round_id, reason, utcnow())
+        rounds.fail_round(session, rt, round_id, reason, utcnow())
     log.error("round %s: %s", round_id, reason)
 
 

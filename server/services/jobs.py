@@ -16,6 +16,7 @@ from server.schemas.job_spec import JobSpec
 from server.security import JOIN_TOKEN_PREFIX, hash_secret, new_secret
 from server.services import rounds
 from server.services.models import with_derived_layout
+from server.services.runtime import Runtime
 from server.services.strategies import (
     EQUAL_RANK_STRATEGIES,
     extra_of,
@@ -104,5 +105,5 @@ def list_jobs(
     return page(session, query, Job.created_at.desc(), Job.id, limit=limit, offset=offset)
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
-    return rounds.cancel_job(session, get_job(session, job_id), utcnow())
+def cancel_job(session: Session, rt: Runtime, job_id: uuid.UUID) -> Job:
+    return rounds.cancel_job(session, rt, get_job(session, job_id), utcnow())

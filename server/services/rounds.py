@@ -8,6 +8,10 @@ actors racing (an upload and the deadline scheduler, a redelivered task and its
 original, two coordinator processes) can never both win. The database is the only
 state: a coordinator restarted at any point continues from it (``recover``).
 
+A transition that changes what a client is told (the job started, ended, failed or was
+cancelled; a round closed and the next opened) announces its job after commit (``announce``),
+which wakes the clients long-polling for their task (``server.notify``).
+
 Lock order: a transaction that locks both takes a job's round rows before the job row (an
 upload, a deadline or a close changes the round, then the job); ``cancel_job`` locks the open
 rounds first too, so a cancel and a deadline never wait on each other (a deadlock). Every
@@ -72,6 +76,12 @@ def transition(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def announce(session: Session, rt: Runtime, job_id: uuid.UUID) -> None:
+    """Tell the job's waiting clients, once this transaction commits, that their task may have
+    changed (only after commit: a woken client must read the new state)."""
+    after_commit(session, functools.partial(rt.notify, job_id))
+
+
 def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
     """Close enrolment: assign ranks, store the initial adapter as round 0, open round 1."""
     if not transition(
@@ -111,6 +121,7 @@ def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
         )
     )
     open_round(session, job, 1, now)
+    announce(session, rt, job.id)
     log.info("job %s started with %d clients", job.id, len(clients))
     return True
 
@@ -171,6 +182,7 @@ def request_aggregation(session: Session, rt: Runtime, rnd: Round, now: datetime
 
 def close_round(
     session: Session,
+    rt: Runtime,
     round_id: uuid.UUID,
     adapter: GlobalAdapter,
     aggregation: dict[str, Any],
@@ -200,6 +212,7 @@ def close_round(
     job = session.get_one(Job, rnd.job_id, with_for_update=True)
     if job.status != JobStatus.RUNNING:
         return True
+    announce(session, rt, job.id)
     if rnd.number >= job.total_rounds:
         transition(
             session, Job, job.id, JobStatus.RUNNING, status=JobStatus.FINISHED, finished_at=now
@@ -210,7 +223,9 @@ def close_round(
     return True
 
 
-def fail_round(session: Session, round_id: uuid.UUID, reason: str, now: datetime) -> None:
+def fail_round(
+    session: Session, rt: Runtime, round_id: uuid.UUID, reason: str, now: datetime
+) -> None:
     """Mark the round failed (from open or aggregating) and fail its job with the reason."""
     rnd = session.get_one(Round, round_id)
     for expected in (RoundStatus.OPEN, RoundStatus.AGGREGATING):
@@ -226,10 +241,10 @@ def fail_round(session: Session, round_id: uuid.UUID, reason: str, now: datetime
             break
     else:
         return
-    fail_job(session, rnd.job_id, f"round {rnd.number} failed: {reason}", now)
+    fail_job(session, rt, rnd.job_id, f"round {rnd.number} failed: {reason}", now)
 
 
-def fail_job(session: Session, job_id: uuid.UUID, reason: str, now: datetime) -> None:
+def fail_job(session: Session, rt: Runtime, job_id: uuid.UUID, reason: str, now: datetime) -> None:
     for expected in (JobStatus.ENROLLING, JobStatus.RUNNING):
         if transition(
             session,
@@ -240,11 +255,12 @@ def fail_job(session: Session, job_id: uuid.UUID, reason: str, now: datetime) ->
             failure_reason=reason,
             finished_at=now,
         ):
+            announce(session, rt, job_id)
             log.warning("job %s failed: %s", job_id, reason)
             return
 
 
-def cancel_job(session: Session, job: Job, now: datetime) -> Job:
+def cancel_job(session: Session, rt: Runtime, job: Job, now: datetime) -> Job:
     """Cancel a job that has not ended; its open round is failed, nothing more is accepted."""
     # Rounds before the job (the module's lock order): a deadline failing the open round
     # holds the round and then updates the job.
@@ -269,6 +285,7 @@ def cancel_job(session: Session, job: Job, now: datetime) -> Job:
                 .values(status=RoundStatus.FAILED, failure_reason="job cancelled", closed_at=now)
             )
             session.refresh(job)
+            announce(session, rt, job.id)
             return job
     raise Conflict(
         f"job {job.id} is already {job.status}; only enrolling or running jobs can be cancelled"
@@ -298,6 +315,7 @@ def _close_enrolment_at_deadline(session: Session, rt: Runtime, job: Job, now: d
     else:
         fail_job(
             session,
+            rt,
             job.id,
             f"enrolment closed with {enrolled} client(s); the job needs at least "
             f"{spec.enrolment.min_clients}",
@@ -333,6 +351,7 @@ def _apply_round_deadline(session: Session, rt: Runtime, rnd: Round, now: dateti
         return
     fail_round(
         session,
+        rt,
         rnd.id,
         f"deadline passed with {accepted} update(s) of the {rnd.quorum} needed "
         f"(after {rnd.extensions} extension(s))",

@@ -75,5 +75,5 @@ def _fail_on_time_limit(rt: Runtime, round_id: uuid.UUID, name: str) -> None:
         f"{rt.settings.aggregation_time_limit_s} s (FLAAS_AGGREGATION_TIME_LIMIT_S)"
     )
     with session_scope(rt.sessions) as session:
-        rounds.fail_round(session, round_id, reason, utcnow())
+        rounds.fail_round(session, rt, round_id, reason, utcnow())
     log.error("round %s: %s", round_id, reason)

@@ -12,6 +12,7 @@ from celery import current_app
 
 from server.config import get_settings
 from server.db.session import engine_for, make_session_factory
+from server.notify import announcer_for
 from server.services.runtime import Runtime
 from server.storage import open_store
 from server.tasks.dispatch import CeleryDispatch
@@ -31,6 +32,8 @@ def worker_runtime() -> Runtime:
             sessions=make_session_factory(engine_for(settings)),
             store=open_store(settings.storage_url),
             dispatch=CeleryDispatch(current_app),
+            # Rounds this worker closes wake the clients long-polling on every coordinator.
+            notify=announcer_for(settings.broker_url),
         )
         _runtimes[pid] = runtime
     return runtime

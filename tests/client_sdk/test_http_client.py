@@ -128,3 +128,20 @@ def test_download_reports_progress_and_restarts_a_truncated_body() -> None:
     seen: list[tuple[int, int | None]] = []
     assert api.download("/a", lambda d, t: seen.append((d, t))) == payload
     assert len(calls) == 2 and len(sleeps) == 1 and seen[-1] == (5000, 5000)
+
+
+def test_a_long_polled_task_request_sends_wait_and_reads_longer_than_it() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"action": "wait", "retry_after": 0, "reason": "r"})
+
+    api, _ = make(handler, timeout=httpx.Timeout(5.0))
+    api.task(wait=25)
+    api.task()
+    held, polled = seen
+    assert held.url.params["wait"] == "25"
+    assert held.extensions["timeout"]["read"] > 25  # the wait never times out the read
+    assert "wait" not in polled.url.params  # wait=0: the plain request an old server knows
+    assert polled.extensions["timeout"]["read"] == 5.0

@@ -2,20 +2,28 @@
 
 Each route opens its own transaction and commits it before it returns, on its one request
 thread (``server.api.deps``): enrolment locks the job row, and a lock must never be held
-while its holder waits for a thread.
+while its holder waits for a thread. The long-polled task request waits on the event loop,
+between short transactions, holding neither a thread nor a connection while it waits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import BearerToken, CurrentClient, RuntimeDep
+from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep
+from server.db.models import Client
 from server.db.session import session_scope
-from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel
+from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, WaitTask
 from server.services import adapters, client_tasks, enrolment
+from server.services.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["clients"])
 
@@ -65,8 +73,48 @@ def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> StreamingRe
     )
 
 
-@router.get("/clients/me/task", response_model=ClientTask)
-def my_task(client: CurrentClient, runtime: RuntimeDep) -> ClientTask:
-    """What this client should do now: wait, train, or stop because the job ended."""
+WAIT_DESCRIPTION = (
+    "Long-poll: when the answer would be `wait`, hold the request until the client's answer "
+    "changes (its round opens, it is sampled, the job ends) or this many seconds pass, then "
+    "answer. A longer wait is cut to the coordinator's maximum (`FLAAS_TASK_WAIT_MAX_S`, "
+    "30 s by default). A `wait` answer after a held request says `retry_after: 0` (ask again "
+    "now, with `wait`); one answered at once (`wait=0`, or too many requests already waiting) "
+    "says how long to poll after."
+)
+
+
+def _task_now(runtime: Runtime, client: Client) -> ClientTask:
+    """The client's task, read in one short transaction committed before it returns."""
     with session_scope(runtime.sessions) as session:
         return client_tasks.next_task(session, client)
+
+
+@router.get("/clients/me/task", response_model=ClientTask)
+async def my_task(
+    client: CurrentClient,
+    runtime: RuntimeDep,
+    waiters: WaitersDep,
+    wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description=WAIT_DESCRIPTION)] = 0.0,
+) -> ClientTask:
+    """What this client should do now: wait, train, or stop because the job ended."""
+    seconds = min(wait, runtime.settings.task_wait_max_s)
+    if seconds <= 0:
+        return await run_in_threadpool(_task_now, runtime, client)
+    deadline = time.monotonic() + seconds
+    with waiters.waiting(client.job_id) as changed:
+        if changed is None:  # the waiter limit: answer now, and the client polls as before
+            return await run_in_threadpool(_task_now, runtime, client)
+        while True:
+            # Cleared before the read: an announcement during the read makes the next wait
+            # return at once, so none falls between the read and the wait.
+            changed.clear()
+            task = await run_in_threadpool(_task_now, runtime, client)
+            remaining = deadline - time.monotonic()
+            if not isinstance(task, WaitTask) or remaining <= 0:
+                break
+            # An announcement is a hint: the loop re-reads the database whatever woke it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+    if isinstance(task, WaitTask):
+        return task.model_copy(update={"retry_after": 0.0})
+    return task

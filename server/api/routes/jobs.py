@@ -76,7 +76,7 @@ def get_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
 def cancel_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """Cancel an enrolling or running job; its open round stops accepting updates."""
     with session_scope(runtime.sessions) as session:
-        job = jobs.cancel_job(session, job_id)
+        job = jobs.cancel_job(session, runtime, job_id)
         return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
 

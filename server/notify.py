@@ -1,0 +1,213 @@
+"""Job-change notifications: how a long-polled task request learns its answer may have changed.
+
+The round state machine (``services.rounds``) announces a job once a transaction that changed
+it commits (a round opened or closed, the job started, ended, failed or was cancelled), through
+``Runtime.notify``. In a coordinator that is ``JobNotifier.publish``: it wakes this process's
+waiting task requests for the job (``Waiters``) and, when the broker is Redis, publishes the
+job's id on ``CHANNEL``. Every coordinator process subscribes to that channel (``JobNotifier``
+runs the subscriber on its event loop), so a round closed by a Celery worker, or opened by
+another coordinator process, wakes the clients waiting here. Workers only publish
+(``announcer_for``).
+
+Notifications are hints, never state: a woken request re-reads its task from the database, and
+every wait is bounded, so a lost message (Redis down, a publish failing) delays an answer by at
+most the request's wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio
+
+from server.services.runtime import JobAnnounce
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "flaas:job-changed"
+# A publish runs on the thread that committed (after commit): it must not hold that thread
+# long when Redis is slow or gone.
+PUBLISH_TIMEOUT_S = 1.0
+RESUBSCRIBE_DELAY_S = 1.0
+
+
+def redis_url_of(broker_url: str | None) -> str | None:
+    """The broker's URL when it is Redis (its pub/sub carries the notifications), else None."""
+    if broker_url and broker_url.split("://", 1)[0] in {"redis", "rediss"}:
+        return broker_url
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+
+
+class Waiters:
+    """The task requests of this process that wait for their job to change, at most ``limit``.
+
+    Registered from the event loop, woken from any thread (a request thread or the embedded
+    worker committing a transition): each waiter's event is set through its own loop.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()  # guards _by_job; never held across an await
+        self._by_job: dict[uuid.UUID, set[_Waiter]] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Requests waiting now."""
+        return self._count
+
+    @contextlib.contextmanager
+    def waiting(self, job_id: uuid.UUID) -> Iterator[asyncio.Event | None]:
+        """An event set whenever ``job_id`` is announced, or None when ``limit`` requests
+        already wait (the caller answers at once). Call on the event loop."""
+        waiter = _Waiter(asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            admitted = self._count < self.limit
+            if admitted:
+                self._by_job.setdefault(job_id, set()).add(waiter)
+                self._count += 1
+        try:
+            yield waiter.event if admitted else None
+        finally:
+            if admitted:
+                with self._lock:
+                    waiting = self._by_job[job_id]
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._by_job[job_id]
+                    self._count -= 1
+
+    def wake(self, job_id: uuid.UUID) -> None:
+        """Wake the requests waiting for ``job_id`` (thread-safe)."""
+        with self._lock:
+            waiting = list(self._by_job.get(job_id, ()))
+        self._set(waiting)
+
+    def wake_all(self) -> None:
+        """Wake every waiting request (after notifications may have been lost)."""
+        with self._lock:
+            waiting = [w for group in self._by_job.values() for w in group]
+        self._set(waiting)
+
+    @staticmethod
+    def _set(waiting: list[_Waiter]) -> None:
+        for waiter in waiting:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
+
+
+class RedisAnnouncer:
+    """Publishes job ids on ``CHANNEL``, tagged with this publisher's origin (so a coordinator
+    skips its own messages: it has woken its waiters already). Failures are logged, not raised:
+    the transition has committed, and a notification is only a hint."""
+
+    def __init__(self, url: str) -> None:
+        self.origin = uuid.uuid4().hex
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=PUBLISH_TIMEOUT_S, socket_connect_timeout=PUBLISH_TIMEOUT_S
+        )
+
+    def __call__(self, job_id: uuid.UUID) -> None:
+        try:
+            self._client.publish(CHANNEL, f"{self.origin} {job_id}")
+        except redis.RedisError as exc:
+            log.warning("could not announce job %s on Redis (waiters time out): %s", job_id, exc)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _ignore(job_id: uuid.UUID) -> None:
+    """The announcement of a process nobody can hear (a worker without a Redis broker)."""
+
+
+def announcer_for(broker_url: str | None) -> JobAnnounce:
+    """A worker's ``Runtime.notify``: publish on Redis, or nothing without a Redis broker."""
+    url = redis_url_of(broker_url)
+    return _ignore if url is None else RedisAnnouncer(url)
+
+
+class JobNotifier:
+    """The coordinator's notifications: its ``Waiters``, plus Redis pub/sub when the broker is
+    Redis (published by ``publish``, received by the subscriber ``start`` runs)."""
+
+    def __init__(self, waiters: Waiters, broker_url: str | None) -> None:
+        self.waiters = waiters
+        self._url = redis_url_of(broker_url)
+        self._announcer = None if self._url is None else RedisAnnouncer(self._url)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def publish(self, job_id: uuid.UUID) -> None:
+        """``Runtime.notify``: called after the commit that changed ``job_id``, on any thread."""
+        self.waiters.wake(job_id)
+        if self._announcer is not None:
+            self._announcer(job_id)
+
+    async def start(self) -> None:
+        """Subscribe to the other processes' announcements (a no-op without Redis). Waits
+        (briefly) for the first subscription, so a coordinator that answers ``/readyz`` hears
+        what is published from then on."""
+        if self._url is None:
+            return
+        self._listener = asyncio.create_task(self._listen(self._url), name="flaas-notify")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout=5.0)
+        if not self._subscribed.is_set():
+            log.warning("not subscribed to Redis notifications yet; retrying in the background")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._announcer is not None:
+            self._announcer.close()
+
+    async def _listen(self, url: str) -> None:
+        assert self._announcer is not None
+        own = self._announcer.origin
+        while True:
+            try:
+                client = redis.asyncio.Redis.from_url(url)
+                async with client, client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self._subscribed.set()
+                    # Whatever was published while we were not subscribed is lost: re-check all.
+                    self.waiters.wake_all()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._deliver(message["data"], own)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarting: waits end at their bound
+                log.warning(
+                    "Redis notifications interrupted (%s); resubscribing in %.0f s",
+                    exc,
+                    RESUBSCRIBE_DELAY_S,
+                )
+                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+
+    def _deliver(self, data: bytes, own: str) -> None:
+        origin, _, job = data.decode(errors="replace").partition(" ")
+        if origin == own:
+            return
+        try:
+            job_id = uuid.UUID(job)
+        except ValueError:
+            log.warning("ignored a malformed notification: %r", data[:100])
+            return
+        self.waiters.wake(job_id)
