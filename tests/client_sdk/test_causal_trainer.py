@@ -55,6 +55,7 @@ def test_the_loss_is_the_models_own_next_token_loss(llama) -> None:
     spec, _, train = llama
     trainer = LoraTrainer(spec, device="cpu")
     batch = next(train.batches(1, seed=None))
+
     class One:
         labels = None
 
