@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model, get_peft_model_state_dict
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from client_sdk.model_spec import (
@@ -142,6 +143,31 @@ def derive_layout(spec: ModelSpec, location: ModelLocation | None = None) -> Ada
         with torch.device("meta"):
             state = get_peft_model_state_dict(wrap(base, spec, AdapterConfig(1, lora_alpha=1.0)))
     return layout_of(state)
+
+
+def unwrap(model: PeftModel) -> nn.Module:
+    """The base model with its original modules back: peft's ``unload`` removes the LoRA
+    layers but keeps a ``modules_to_save`` module's trained copy, which would change the base."""
+    prefix = "base_model.model."
+    originals = {
+        name.removeprefix(prefix): module.original_module
+        for name, module in model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    }
+    with quiet_vera():
+        base = model.unload()
+    for name, module in originals.items():
+        base.set_submodule(name, module)
+    return base
+
+
+def enable_checkpointing(base: nn.Module) -> None:
+    """Activation checkpointing of a transformers model, under its current or former name."""
+    kwargs = {"use_reentrant": False}  # non-re-entrant: works with frozen (grad-free) inputs
+    if callable(enable := getattr(base, "activation_checkpointing_enable", None)):
+        enable(activation_checkpointing_kwargs=kwargs)
+    elif callable(enable := getattr(base, "gradient_checkpointing_enable", None)):
+        enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> AdapterLayout:

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from client_sdk.model_spec import ModelLocation, ModelSpec, locate_model
@@ -26,8 +25,10 @@ from client_sdk.models import (
     BUILD_LOCK,
     build_base,
     derive_layout,
+    enable_checkpointing,
     layout_of,
     quiet_vera,
+    unwrap,
     wrap,
 )
 from client_sdk.text_data import LocalDataset
@@ -144,7 +145,7 @@ class LoraTrainer:
                 raise TypeError(f"model factory returned {type(base).__name__}, not an nn.Module")
             base.requires_grad_(False)
             if self.gradient_checkpointing:
-                _enable_checkpointing(base)
+                enable_checkpointing(base)
             self._base = base.to(self.device).eval()
         return self._base
 
@@ -153,7 +154,7 @@ class LoraTrainer:
         if self._peft is not None and self._adapter == adapter:
             return self._peft
         if self._peft is not None:
-            self._base = _unwrap(self._peft)
+            self._base = unwrap(self._peft)
             self._peft = None
         with BUILD_LOCK, self._seeded(INIT_SEED), quiet_vera():
             model = wrap(self.base_model(), self.spec, adapter)
@@ -334,28 +335,3 @@ class LoraTrainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
-
-
-def _unwrap(model: PeftModel) -> nn.Module:
-    """The base model with its original modules back: peft's ``unload`` removes the LoRA
-    layers but keeps a ``modules_to_save`` module's trained copy, which would change the base."""
-    prefix = "base_model.model."
-    originals = {
-        name.removeprefix(prefix): module.original_module
-        for name, module in model.named_modules()
-        if isinstance(module, ModulesToSaveWrapper)
-    }
-    with quiet_vera():
-        base = model.unload()
-    for name, module in originals.items():
-        base.set_submodule(name, module)
-    return base
-
-
-def _enable_checkpointing(base: nn.Module) -> None:
-    """Activation checkpointing of a transformers model, under its current or former name."""
-    kwargs = {"use_reentrant": False}  # non-re-entrant: works with frozen (grad-free) inputs
-    if callable(enable := getattr(base, "activation_checkpointing_enable", None)):
-        enable(activation_checkpointing_kwargs=kwargs)
-    elif callable(enable := getattr(base, "gradient_checkpointing_enable", None)):
-        enable(gradient_checkpointing_kwargs=kwargs)
