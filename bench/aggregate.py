@@ -178,7 +178,9 @@ def main() -> None:
     # (strategy, K, NaN/inf scan in add): unchecked = uploads already validated on arrival
     plan = [(n, k, c) for n in ("rbla", "fedsa") for c in (True, False) for k in ks]
     if not args.quick:
-        plan += [("zeropad", 1000, True), ("hetlora", 100, True), ("hetlora", 1000, True),
+        plan += [("rbla-shrink", 10, True), ("rbla-shrink", 100, True),
+                 ("rbla-shrink", 1000, True),
+                 ("zeropad", 1000, True), ("hetlora", 100, True), ("hetlora", 1000, True),
                  ("flexlora", 10, True), ("flexlora", 100, True)]  # fmt: skip
     header = (
         f"{'strategy':<9} {'adapter':<12} {'scan':<4} {'K':>5} {'s/round':>9} {'GB folded':>10} "

@@ -122,8 +122,11 @@ def run_simulation(
     state_dir: str | Path | None = None,
     on_progress: Callable[[int, Progress], None] | None = None,
     stop: threading.Event | None = None,
+    max_ranks: Sequence[int] | None = None,
 ) -> list[RunResult]:
-    """Run ``clients`` simulated clients until the job ends; one RunResult per client."""
+    """Run ``clients`` simulated clients until the job ends; one RunResult per client.
+
+    ``max_ranks`` gives each client's declared capacity (the coordinator caps its rank)."""
     import torch
 
     from client_sdk.client import Client
@@ -133,6 +136,8 @@ def run_simulation(
 
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
+    if max_ranks is not None and len(max_ranks) != clients:
+        raise ValueError(f"max_ranks has {len(max_ranks)} entries for {clients} clients")
     # Threads share the cores: one torch thread each avoids oversubscribing them.
     torch.set_num_threads(1)
     spec = get_task(task)
@@ -170,6 +175,7 @@ def run_simulation(
             join_token=join_token,
             state_dir=root / f"client-{i:03d}",
             name=f"sim-{i:03d}",
+            max_rank=max_ranks[i] if max_ranks is not None else None,
             on_progress=(lambda p: on_progress(i, p)) if on_progress else None,
         )
         sdk_clients.append(client)

@@ -18,7 +18,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,8 +139,16 @@ def run_demo(
     data_dir: Path | None = None,
     seed: int = 0,
     out: Callable[[str], None] = print,
+    spec: dict[str, Any] | None = None,
+    on_finished: Callable[[httpx.Client, str, Path], None] | None = None,
+    max_ranks: Sequence[int] | None = None,
 ) -> DemoResult:
-    """Run the demo end to end and return what it measured (lines go to ``out``)."""
+    """Run the demo end to end and return what it measured (lines go to ``out``).
+
+    ``spec`` replaces the job spec built from the arguments (its strategy, rounds and rank
+    bounds then rule; ``clients`` must match its enrolment); ``on_finished(http, job_id,
+    clients_dir)`` runs after the last round while the coordinator still serves (benchmarks
+    score the devices' own models there); ``max_ranks`` caps each device's rank."""
     from client_sdk.simulate import run_simulation, task_job_spec
 
     if data_dir is None:
@@ -148,11 +156,14 @@ def run_demo(
             return run_demo(
                 task=task, strategy=strategy, clients=clients, rounds=rounds, alpha=alpha,
                 concurrency=concurrency, data_dir=Path(scratch), seed=seed, out=out,
+                spec=spec, on_finished=on_finished, max_ranks=max_ranks,
             )  # fmt: skip
     started = time.monotonic()
     workdir = Path(data_dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = task_job_spec(task, strategy=strategy, clients=clients, rounds=rounds, seed=seed)
+    if spec is None:
+        spec = task_job_spec(task, strategy=strategy, clients=clients, rounds=rounds, seed=seed)
+    strategy, rounds = spec["strategy"], spec["rounds"]
     with EmbeddedCoordinator(workdir) as coordinator, coordinator.operator() as http:
         response = http.post("/api/v1/jobs", json=spec)
         if response.status_code != 201:
@@ -174,7 +185,7 @@ def run_demo(
                 outcome["results"] = run_simulation(
                     coordinator.url, job["id"], job["join_token"], task=task, clients=clients,
                     alpha=alpha, concurrency=concurrency, seed=seed, stop=stop,
-                    state_dir=workdir / "clients",
+                    state_dir=workdir / "clients", max_ranks=max_ranks,
                 )  # fmt: skip
             except BaseException as exc:  # reported by the main thread
                 outcome["error"] = exc
@@ -194,6 +205,8 @@ def run_demo(
         result.status = http.get(f"/api/v1/jobs/{job['id']}").json()["status"]
         result.wall_seconds = time.monotonic() - started
         _summary(http, job["id"], result, out)
+        if on_finished is not None and result.status == "finished":
+            on_finished(http, job["id"], workdir / "clients")
     return result
 
 

@@ -289,6 +289,7 @@ class Accumulator:
         self._drain()
         self._check_finite_sums()
         out = self._previous_copy()
+        share = self.strategy.previous_share(self) if self._previous else None
         # Strategies share one divisor across keys (or modules): prepare each one once.
         prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for key, num in self._num.items():
@@ -306,10 +307,12 @@ class Accumulator:
             shape = [1] * num.ndim
             shape[dim] = self._rank
             res = num / clamped.view(shape)
+            if share is not None:
+                self._add_previous_share(key, share.view(shape), res)
             if uncovered.numel():
                 self._restore_uncovered(key, dim, uncovered, res)
             out[key] = res.contiguous()
-        return out
+        return self.strategy.finish(out)
 
     def _check_finite_sums(self) -> None:
         # Safety net for updates added with check_finite=False: never publish NaN/inf.
@@ -338,6 +341,11 @@ class Accumulator:
             for k, v in prev.items()
             if k not in self._num and not self.strategy.is_private(classify(k)[0])
         }
+
+    def _add_previous_share(self, key: str, share: torch.Tensor, res: torch.Tensor) -> None:
+        prev = (self._previous or {}).get(key)
+        if prev is not None and prev.shape == res.shape:
+            res.add_(prev.to(torch.float32) * share)
 
     def _restore_uncovered(
         self, key: str, dim: int, uncovered: torch.Tensor, res: torch.Tensor

@@ -208,6 +208,16 @@ class Strategy:
         """
         return acc.coverage_tensor()
 
+    def previous_share(self, acc: Accumulator) -> torch.Tensor | None:
+        """Per-slice weight (R,) of the previous global adapter in the new one, added to
+        ``numerator / divisor`` for every rank-bearing key; None (the default): no share."""
+        return None
+
+    def finish(self, result: Tensors) -> Tensors:
+        """The new global adapter from the averaged one (default: as it is). Called once per
+        result, on whole modules (a sharded round's module groups hold A and B together)."""
+        return result
+
     # ------------------------------------------------------------------ distribution
     def distribute(
         self, global_adapter: Mapping[str, torch.Tensor], rank: int, scale: float

@@ -9,11 +9,22 @@ from server.aggregation.baselines import FFA, FedIT, HetLoRA, ZeroPad
 from server.aggregation.errors import AggregationError
 from server.aggregation.fedsa import FedSA, FedSARsLoRA, FedSAVeRA
 from server.aggregation.flexlora import FlexLoRA
-from server.aggregation.rbla import RBLA
+from server.aggregation.rbla import RBLA, RBLAShrink
 
 _REGISTRY: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (RBLA, FedSA, FedSARsLoRA, FedSAVeRA, FedIT, FFA, ZeroPad, HetLoRA, FlexLoRA)
+    for cls in (
+        RBLA,
+        RBLAShrink,
+        FedSA,
+        FedSARsLoRA,
+        FedSAVeRA,
+        FedIT,
+        FFA,
+        ZeroPad,
+        HetLoRA,
+        FlexLoRA,
+    )
 }
 
 

@@ -1,0 +1,166 @@
+"""``docs/quality.md`` from the quality benchmark's runs (bench/quality.py)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+CANDIDATE = "rbla-shrink"
+
+PROTOCOL = """\
+# Quality: strategies and rank policies, measured
+
+Written by `bench/quality.py` from the runs in `bench/results/quality.jsonl`; rerun it to
+reproduce (same seeds, same numbers: runs are reproducible, see docs/algorithms.md).
+
+**Protocol.** Every run is one `flaas demo`: the embedded coordinator, a job created over REST,
+simulated SDK clients that train with torch + peft and upload over HTTP. The built-in task's
+training pool is cut into one shard per client with a Dirichlet(α) label skew (seeded by the
+run's seed, which is also the job's seed); 20 % of each shard is the client's validation data.
+AutoRank assigns ranks in [2, 16] unless the rank column says otherwise; LoRA scale 2 at every
+rank; one local epoch per round (Adam, the task's learning rate, batch 16); every client takes
+part in every round. `-random` marks the frozen random base (the RBLA paper's setting), the
+other rows adapt the base pretrained on the task's public split (docs/algorithms.md).
+
+* **global**: the round's global adapter (rank R) on the task's held-out test set (360 digits
+  images, 1,000 MNIST images), at round 5, 10 and the final round; mean ± std over seeds.
+* **to 90 %**: the first round whose global accuracy reaches 90 % of that run's final one.
+* **devices**: each device's own model after the last round (the final global adapter cut to
+  its rank, with the tensors it kept private) on the whole test set, each class weighted by its
+  share of the device's training labels; mean over devices, then mean ± std over seeds. The same
+  protocol for every strategy, FedSA included.
+* **KiB up**: bytes uploaded per round by all clients.
+* **paired**: per seed, candidate minus rival on the final global accuracy (same split, same
+  ranks); mean ± standard error of the paired differences, and the seeds the candidate won.
+"""
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _at(record: Record, number: int) -> float:
+    accuracy = record["global_accuracy"]
+    return accuracy[number - 1] if len(accuracy) >= number else math.nan
+
+
+def _final(record: Record) -> float:
+    return record["global_accuracy"][-1] if record["global_accuracy"] else math.nan
+
+
+def _to_90(record: Record) -> float:
+    accuracy, final = record["global_accuracy"], _final(record)
+    if math.isnan(final):
+        return math.nan
+    return float(next(i for i, a in enumerate(accuracy, 1) if a >= 0.9 * final))
+
+
+def _devices(record: Record) -> float:
+    values = record["device_accuracy"]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _kib(record: Record) -> float:
+    return statistics.fmean(record["bytes_up"]) / 1024 if record["bytes_up"] else math.nan
+
+
+def _group(records: Sequence[Record], *fields: str) -> dict[tuple[Any, ...], list[Record]]:
+    groups: dict[tuple[Any, ...], list[Record]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record["cell"][f] for f in fields)].append(record)
+    return groups
+
+
+def _table(rows: dict[str, list[Record]], label: str) -> list[str]:
+    columns: list[tuple[str, Callable[[Record], float], bool]] = [
+        ("global, round 5", lambda r: _at(r, 5), True),
+        ("round 10", lambda r: _at(r, 10), True),
+        ("final", _final, True),
+        ("to 90 %", _to_90, False),
+        ("devices", _devices, True),
+        ("KiB up", _kib, False),
+    ]
+    lines = [
+        f"| {label} | " + " | ".join(c[0] for c in columns) + " | seeds |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for name, runs in rows.items():
+        cells = []
+        for _, value, precise in columns:
+            values = [value(r) for r in runs]
+            if precise:
+                cells.append(_mean_std(values))
+            else:
+                kept = [v for v in values if not math.isnan(v)]
+                cells.append(f"{statistics.median(kept):.0f}" if kept else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(runs)} |")
+    return lines
+
+
+def paired(candidate: list[Record], rival: list[Record]) -> tuple[float, float, int, int]:
+    """(mean, standard error, wins, n) of the per-seed final-accuracy differences."""
+    mine = {r["cell"]["seed"]: _final(r) for r in candidate}
+    theirs = {r["cell"]["seed"]: _final(r) for r in rival}
+    diffs = [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if not diffs:
+        return math.nan, math.nan, 0, 0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return statistics.fmean(diffs), se, sum(d > 0 for d in diffs), len(diffs)
+
+
+def _paired_lines(by_strategy: dict[str, list[Record]], candidate: str) -> list[str]:
+    if candidate not in by_strategy:
+        return []
+    lines = [f"| {candidate} minus | final global (mean ± SE) | seeds won |", "|---|---|---|"]
+    for rival, runs in by_strategy.items():
+        if rival == candidate:
+            continue
+        mean, se, wins, n = paired(by_strategy[candidate], runs)
+        if n:
+            lines.append(f"| {rival} | {mean:+.3f} ± {se:.3f} | {wins} of {n} |")
+    return lines if len(lines) > 2 else []
+
+
+def _section(title: str, groups: dict[tuple[Any, ...], list[Record]], field: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    for key, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        rows = _group(runs, field)
+        named = {str(k[0]): v for k, v in sorted(rows.items(), key=lambda kv: str(kv[0]))}
+        lines += [f"### {', '.join(str(k) for k in key)}", "", *_table(named, field), ""]
+        if field == "strategy":
+            lines += [*_paired_lines(named, CANDIDATE), ""]
+    return lines
+
+
+def write_report(records: Sequence[Record], out: Path) -> None:
+    """Write the whole report (protocol, then one section per matrix on record)."""
+    finished = [r for r in records if r["status"] == "finished"]
+    by_matrix = _group(finished, "matrix")
+    lines = [PROTOCOL]
+    titles = {
+        "main": ("Strategies, AutoRank ranks", ("task", "alpha", "rank"), "strategy"),
+        "ranks": ("Rank policies at equal budgets (rbla-shrink)", ("task", "alpha"), "rank"),
+        "rbla-paper": ("The RBLA paper's protocol", ("task", "alpha", "rank"), "strategy"),
+        "fedsa-paper": ("The FedSA-LoRA paper's protocol", ("task", "alpha", "rank"), "strategy"),
+        "smoke": ("Smoke run (CI)", ("task", "alpha", "rank"), "strategy"),
+    }
+    for matrix, (title, keys, field) in titles.items():
+        runs = by_matrix.get((matrix,))
+        if runs:
+            lines += _section(title, _group(runs, *keys), field)
+    failed = len(records) - len(finished)
+    if failed:
+        lines += [f"{failed} run(s) did not finish and are left out of the tables.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip() + "\n")
