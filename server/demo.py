@@ -73,12 +73,14 @@ class Evaluator:
     def __init__(self, task_name: str, strategy: str, r_max: int) -> None:
         from client_sdk.tasks import get_task
         from client_sdk.trainer import LoraTrainer
+        from server.aggregation import get_strategy
 
         task = get_task(task_name)
         data = task.load(seed=0)
         self.test = task.dataset(data.x_test, data.y_test)
         self.trainer = LoraTrainer(task.model_spec(), device="cpu")
-        self.personalised = strategy.startswith("fedsa")
+        # Strategies that keep adapter parts on the devices (FedSA's B) have no global model.
+        self.personalised = bool(get_strategy(strategy).private_kinds)
         self.r_max = r_max
 
     def baseline(self) -> float:

@@ -24,6 +24,15 @@ class FedSA(Strategy):
     received_kinds: ClassVar[tuple[Kind, ...]] = ("A",)
 
 
+class FedSASharedHead(FedSA):
+    """FedSA-LoRA with the shared non-LoRA tensors (a classifier head, ``modules_to_save``)
+    averaged like under FedIT: only B stays on the device. It isolates the A/B asymmetry from
+    the head policy when FedSA is compared with a strategy that shares the head."""
+
+    name: ClassVar[str] = "fedsa-shared-head"
+    shares_extra: ClassVar[bool] = True
+
+
 class FedSARsLoRA(FedSA):
     """FedSA-LoRA with rsLoRA's scale alpha / sqrt(r); the protocol is identical."""
 

@@ -7,7 +7,7 @@ from typing import Any
 from server.aggregation.base import Strategy
 from server.aggregation.baselines import FFA, FedIT, HetLoRA, ZeroPad
 from server.aggregation.errors import AggregationError
-from server.aggregation.fedsa import FedSA, FedSARsLoRA, FedSAVeRA
+from server.aggregation.fedsa import FedSA, FedSARsLoRA, FedSASharedHead, FedSAVeRA
 from server.aggregation.flexlora import FlexLoRA
 from server.aggregation.rbla import RBLA, RBLAShrink
 
@@ -17,6 +17,7 @@ _REGISTRY: dict[str, type[Strategy]] = {
         RBLA,
         RBLAShrink,
         FedSA,
+        FedSASharedHead,
         FedSARsLoRA,
         FedSAVeRA,
         FedIT,

@@ -38,6 +38,21 @@ def test_contract_uploads_a_keeps_b_and_head(name: str) -> None:
     assert not s.shares_extra and s.use_rslora == (name == "fedsa-rslora")
 
 
+def test_the_shared_head_variant_shares_the_head_and_keeps_b() -> None:
+    s = get_strategy("fedsa-shared-head", r_max=8)
+    extra = {"classifier.weight": (2, 4)}
+    assert s.upload_spec(MODS, 4, extra) == {A: (4, 6), "classifier.weight": (2, 4)}
+    assert s.private_spec(MODS, 4, extra) == {B: (4, 4)}
+    head = torch.ones(2, 4)
+    ups = [
+        ClientUpdate({A: torch.ones(4, 6) * k, "classifier.weight": head * k}, n, 1.0, f"c{k}")
+        for k, n in ((1, 1), (3, 3))
+    ]
+    out = s.aggregate(ups)
+    torch.testing.assert_close(out["classifier.weight"], head * 2.5)  # (1 * 1 + 3 * 3) / 4
+    assert set(s.distribute(out, 4, 1.0)) == {A, "classifier.weight"}
+
+
 def test_uploading_b_is_rejected_and_never_read() -> None:
     s = get_strategy("fedsa", r_max=4)
     b = torch.zeros(4, 4).as_subclass(Untouchable)

@@ -18,8 +18,8 @@ def good(rank: int = 2, cid: str = "ok") -> dict[str, torch.Tensor]:
 
 def test_registry_names_and_errors() -> None:
     assert available_strategies() == [
-        "rbla", "rbla-shrink", "fedsa", "fedsa-rslora", "fedsa-vera", "fedit", "ffa", "zeropad",
-        "hetlora", "flexlora",
+        "rbla", "rbla-shrink", "fedsa", "fedsa-shared-head", "fedsa-rslora", "fedsa-vera", "fedit",
+        "ffa", "zeropad", "hetlora", "flexlora",
     ]  # fmt: skip
     with pytest.raises(AggregationError, match="unknown aggregation strategy 'nope'.*rbla"):
         get_strategy("nope")
