@@ -128,8 +128,8 @@ class Client:
                 max_rank=self.max_rank,
                 model_sha256=model_sha256,
             )
-            self.state.save_credentials(enrolled["client_id"], enrolled["credential"])
-            stored = Credentials(str(enrolled["client_id"]), str(enrolled["credential"]))
+            stored = Credentials(str(enrolled["client_id"]), str(enrolled["credential"]), self.name)
+            self.state.save_credentials(stored.client_id, stored.token, stored.name)
             self._emit("enrolled", message=f"client {stored.client_id}")
         else:
             self._emit("resumed", message=f"client {stored.client_id}")
@@ -216,6 +216,7 @@ class Client:
             adapter=adapter,
             private=self.state.load_private_bytes(),
             client_id=credentials.client_id,
+            client_name=credentials.name,
             report=lambda done, total: self._emit("train", n, done, total),
         )
         local = train_fn(ctx)

@@ -32,7 +32,8 @@ from client_sdk.trainer_settings import AdapterConfig
 #: Held while a model is built or wrapped. transformers builds a model through process-wide
 #: state (an empty-weights init that patches how modules register parameters), so two threads
 #: loading at once (simulated clients, a coordinator's requests) can leave each other's
-#: parameters on the meta device.
+#: parameters on the meta device. Also held while torch's process-wide RNG is seeded (initial
+#: values, a training that draws dropout masks: ``LoraTrainer._seeded``).
 BUILD_LOCK = threading.RLock()
 
 

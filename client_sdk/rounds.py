@@ -3,6 +3,7 @@ and output, progress events and the run's outcome. Plain dataclasses, no torch."
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,14 +79,25 @@ class RoundContext:
     """What a train callback gets: the task, the adapter bytes, and this device's private state.
 
     ``private`` is what the callback returned as ``LocalUpdate.private`` in an earlier round
-    (possibly before a restart), or None. Call ``report(done, total)`` to show progress.
+    (possibly before a restart), or None. ``client_name`` is the name the client enrolled with
+    (None without one). Call ``report(done, total)`` to show progress.
     """
 
     task: RoundTask
     adapter: bytes
     private: bytes | None
     client_id: str
+    client_name: str | None = None
     report: Callable[[int, int], None] = lambda done, total: None
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of this round's local training, from the job's seed, the round and the
+        client's name: a rerun of the job (same seed, same names) trains the same updates. A
+        client without a name falls back to its id, which is new at every enrolment: its
+        training is not reproducible from one run of a job to the next."""
+        identity = self.client_id if self.client_name is None else f"name:{self.client_name}"
+        return zlib.crc32(f"{self.task.seed}:{self.task.round_number}:{identity}".encode())
 
 
 @dataclass

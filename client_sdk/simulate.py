@@ -3,9 +3,11 @@
 The task's training data is split over the clients with a Dirichlet label skew (and optional
 log-normal quantity skew, see :func:`client_sdk.splits.dirichlet_split`); each client keeps
 20 % of its shard as its local validation split. Clients run as threads of this process: all of
-them poll, but at most ``concurrency`` train at the same time. Every client is a real
-:class:`~client_sdk.Client` talking HTTP, with its own state directory. Needs the ``train``
-extra.
+them poll, but at most ``concurrency`` train at the same time (one at a time where training draws
+from torch's RNG, dropout: :attr:`~client_sdk.trainer.LoraTrainer.trains_at_random`). Every
+client is a real :class:`~client_sdk.Client` talking HTTP, with its own state directory, named
+``sim-000``, ``sim-001``, ...: the same names in every run, so a rerun with the job's seed
+trains the same updates. Needs the ``train`` extra.
 """
 
 from __future__ import annotations

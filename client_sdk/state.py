@@ -2,7 +2,7 @@
 
 Layout of a state directory (one per coordinator + job, see :meth:`DeviceState.for_job`)::
 
-    credentials.json   client id + token (0600)
+    credentials.json   client id, token and the name it enrolled with (0600)
     progress.json      last round whose upload the coordinator accepted, and its sha256
     pending.safetensors / pending.json   an update trained but not yet accepted
     private.safetensors                  tensors that never leave the device (FedSA's B, head)
@@ -42,10 +42,12 @@ _PRIVATE = "private.safetensors"
 
 @dataclass(frozen=True)
 class Credentials:
-    """The identity a coordinator issued to this client for one job."""
+    """The identity a coordinator issued to this client for one job, and the name the client
+    enrolled with (its stable identity: the training seeds derive from it)."""
 
     client_id: str
     token: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,10 @@ class DeviceState:
 
     # ------------------------------------------------------------------ credentials
 
-    def save_credentials(self, client_id: str, token: str) -> None:
-        """Store the client id and its secret token (file mode 0600)."""
-        self._write_json(_CREDENTIALS, {"client_id": str(client_id), "token": str(token)})
+    def save_credentials(self, client_id: str, token: str, name: str | None = None) -> None:
+        """Store the client id, its secret token and its name (file mode 0600)."""
+        data = {"client_id": str(client_id), "token": str(token), "name": name}
+        self._write_json(_CREDENTIALS, data)
 
     def load_credentials(self) -> Credentials | None:
         """The stored credentials, or None before the client has joined."""
@@ -133,7 +136,12 @@ class DeviceState:
         if data is None:
             return None
         try:
-            return Credentials(client_id=str(data["client_id"]), token=str(data["token"]))
+            name = data.get("name")  # absent in the files of older versions
+            return Credentials(
+                client_id=str(data["client_id"]),
+                token=str(data["token"]),
+                name=None if name is None else str(name),
+            )
         except KeyError as exc:
             raise ValueError(f"corrupt credentials file: missing {exc}") from exc
 

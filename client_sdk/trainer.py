@@ -132,9 +132,7 @@ class LoraTrainer:
     def base_model(self) -> nn.Module:
         """The frozen base, loaded once (with a new head drawn from :data:`INIT_SEED`)."""
         if self._base is None:
-            # Under the build lock: the seed is process-wide, another thread must not reseed
-            # it while this one draws a new head.
-            with BUILD_LOCK, self._seeded(INIT_SEED):
+            with self._seeded(INIT_SEED):
                 if self._model_arg is None:
                     base = build_base(self.spec, self.location, device=self.device)
                 elif isinstance(self._model_arg, nn.Module):
@@ -156,7 +154,7 @@ class LoraTrainer:
         if self._peft is not None:
             self._base = unwrap(self._peft)
             self._peft = None
-        with BUILD_LOCK, self._seeded(INIT_SEED), quiet_vera():
+        with self._seeded(INIT_SEED), quiet_vera():
             model = wrap(self.base_model(), self.spec, adapter)
         if self.gradient_checkpointing:
             # Checkpointed blocks need an input that carries gradients (frozen embeddings).
@@ -253,7 +251,7 @@ class LoraTrainer:
             raise ValueError("train_data is empty")
         model = self.load_model(adapter, incoming=incoming, private=private, frozen_parts=frozen)
         started = time.perf_counter()
-        with self._seeded(settings.seed):
+        with self._seeded(settings.seed) if self.trains_at_random else contextlib.nullcontext():
             train_loss, steps = fit(
                 model,
                 train_data,
@@ -328,10 +326,20 @@ class LoraTrainer:
             precision=self.precision,
         )
 
+    @property
+    def trains_at_random(self) -> bool:
+        """Whether training may draw from torch's process-wide RNG (dropout, a handed-in
+        module's forward). The built-in MLPs without LoRA dropout draw nothing (batches have
+        their own generator): they train unseeded, without :meth:`_seeded`'s lock."""
+        builtin = self.spec.is_builtin and self._model_arg is None
+        return not builtin or self.spec.lora_dropout > 0
+
     @contextlib.contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
-        # Seed peft's init and dropout without disturbing the caller's global RNG streams.
+        # Seed peft's init and dropout without disturbing the caller's global RNG streams. The
+        # RNG is process-wide: under BUILD_LOCK no other thread (simulated clients) reseeds or
+        # draws from it meanwhile, so each trains what it would alone, one at a time.
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with BUILD_LOCK, torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield

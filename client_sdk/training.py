@@ -8,8 +8,6 @@ the shared update plus the new private tensors as safetensors bytes. Needs the `
 
 from __future__ import annotations
 
-import zlib
-
 from client_sdk.profile import ComplexityStats, profile
 from client_sdk.rounds import LocalUpdate, RoundContext
 from client_sdk.text_data import LocalDataset
@@ -62,8 +60,6 @@ class LoraRound:
                 task.adapter_type
             ):
                 private = {k: v for k, v in tensors.items() if k not in incoming}
-        # Same seed for the same client and round: a retrained round gives the same bytes.
-        seed = zlib.crc32(f"{task.seed}:{task.round_number}:{ctx.client_id}".encode())
         result = self.trainer.train(
             task.adapter,
             incoming=incoming,
@@ -72,7 +68,9 @@ class LoraRound:
             frozen_parts=task.frozen_parts,
             train_data=self.data,
             val_data=self.val_data,
-            settings=TrainSettings.from_dict(task.train_settings(seed)),
+            # Same seed for the same client and round: a retrained round, or the same round
+            # of a rerun job, gives the same bytes.
+            settings=TrainSettings.from_dict(task.train_settings(ctx.training_seed)),
             on_step=ctx.report,
         )
         kept = None

@@ -148,6 +148,12 @@ class Client(Base):
     job: Mapped[Job] = relationship(back_populates="clients", lazy="raise")
 
 
+#: The order of a job's clients wherever it decides something (which clients a round samples,
+#: AutoRank's cohort, the order in which aggregation folds updates): by name, the identity a
+#: rerun keeps (unique per job), then by id (random) for clients without a name.
+CLIENT_ORDER = (Client.name.asc().nulls_last(), Client.id)
+
+
 class Round(Base):
     """Round ``number`` of a job. Round 0 holds the initial global adapter and trains nobody."""
 

@@ -24,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from server.aggregation import AggregationError
 from server.db.models import (
+    CLIENT_ORDER,
     AggregationShard,
+    Client,
     GlobalAdapter,
     Job,
     Round,
@@ -188,10 +190,13 @@ def _combine_when_complete(session: Session, rt: Runtime, round_id: uuid.UUID) -
 
 
 def _load_work(session: Session, rnd: Round, job: Job) -> Work:
+    # Folded in CLIENT_ORDER, never in arrival or id order: float sums depend on their order,
+    # and the same run must give the same adapter bytes (and shards the same client groups).
     rows = session.execute(
         select(UpdateRow.client_id, UpdateRow.storage_key, UpdateRow.n_samples, UpdateRow.rank)
+        .join(Client, Client.id == UpdateRow.client_id)
         .where(UpdateRow.round_id == rnd.id, UpdateRow.status == UpdateStatus.ACCEPTED)
-        .order_by(UpdateRow.client_id)
+        .order_by(*CLIENT_ORDER)
     ).all()
     return Work(
         job=job,

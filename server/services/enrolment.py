@@ -31,6 +31,7 @@ def enrol_client(
     if job.status == JobStatus.RUNNING and not spec.enrolment.allow_late_join:
         raise Gone(f"job {job.id} has started and does not accept late joiners")
     check_same_model(spec, request.model_sha256)
+    _check_name_free(session, job, request.name)
     enrolled = (
         session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
     )
@@ -67,6 +68,22 @@ def enrol_client(
     ):
         rounds.start_job(session, rt, job, now)
     return client, credential
+
+
+def _check_name_free(session: Session, job: Job, name: str | None) -> None:
+    """A name is a client's identity in its job (its training seed, its place in sampling and
+    aggregation order: docs/algorithms.md, "Reproducibility"), so two clients cannot share one.
+    The job row is locked: two enrolments with one name cannot both pass."""
+    if name is None:
+        return
+    taken = session.scalar(
+        select(Client.id).where(Client.job_id == job.id, Client.name == name).limit(1)
+    )
+    if taken is not None:
+        raise Conflict(
+            f"job {job.id} already has a client named {name!r}; choose another name, or resume "
+            "the enrolled device from its state directory instead of enrolling it again"
+        )
 
 
 def job_for_join_token(

@@ -39,7 +39,7 @@ from client_sdk.adapter_export import (
 from client_sdk.model_spec import ModelSpec
 from client_sdk.trainer_settings import AdapterConfig
 from server.aggregation import Strategy, lora_scale
-from server.db.models import ClientUpdate, Job, Round, UpdateStatus
+from server.db.models import CLIENT_ORDER, Client, ClientUpdate, Job, Round, UpdateStatus
 from server.errors import NotExportable
 from server.services.adapters import operator_adapter
 from server.services.jobs import get_job
@@ -168,11 +168,13 @@ def _exportable_model(job: Job, strategy: Strategy, model: ModelSpec | None) -> 
 
 
 def _accepted_updates(session: Session, round_id: uuid.UUID) -> dict[str, Any]:
-    """Every accepted update of the round (client, rank, samples), in client-id order."""
+    """Every accepted update of the round (client, rank, samples), in the order aggregation
+    folded them (``CLIENT_ORDER``)."""
     rows = session.execute(
         select(ClientUpdate.client_id, ClientUpdate.rank, ClientUpdate.n_samples)
+        .join(Client, Client.id == ClientUpdate.client_id)
         .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.ACCEPTED)
-        .order_by(ClientUpdate.client_id)
+        .order_by(*CLIENT_ORDER)
     ).all()
     return {
         "count": len(rows),

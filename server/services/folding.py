@@ -33,7 +33,8 @@ class Work:
     job: Job
     number: int
     previous_key: str
-    updates: list[tuple[uuid.UUID, str, int, int]]  # client id, key, n_samples, rank
+    # (client id, key, n_samples, rank) in the order they are folded (CLIENT_ORDER).
+    updates: list[tuple[uuid.UUID, str, int, int]]
 
     @functools.cached_property
     def scales(self) -> dict[int, float]:

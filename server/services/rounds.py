@@ -34,6 +34,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from server.db.models import (
+    CLIENT_ORDER,
     Client,
     ClientUpdate,
     GlobalAdapter,
@@ -90,7 +91,7 @@ def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
         return False
     spec = spec_of(job)
     clients = list(
-        session.scalars(select(Client).where(Client.job_id == job.id).order_by(Client.id))
+        session.scalars(select(Client).where(Client.job_id == job.id).order_by(*CLIENT_ORDER))
     )
     ranking.rank_cohort(job, spec, clients)
     initial = strategy_for(job).initial_adapter(
@@ -127,13 +128,14 @@ def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
 
 
 def open_round(session: Session, job: Job, number: int, now: datetime) -> Round:
-    """Sample the round's clients (seeded by job and round) and create their pending updates."""
+    """Sample the round's clients (seeded by job and round, drawn in ``CLIENT_ORDER``: the
+    same seed and names sample the same clients in every run) and create their updates."""
     spec = spec_of(job)
     eligible = list(
         session.scalars(
             select(Client)
             .where(Client.job_id == job.id, Client.rank.is_not(None))
-            .order_by(Client.id)
+            .order_by(*CLIENT_ORDER)
         )
     )
     wanted = max(spec.sampling.minimum, math.ceil(spec.sampling.fraction * len(eligible)))

@@ -142,7 +142,7 @@ def owner_of(key: str, assignment: Mapping[str, int]) -> int:
 
 
 def client_slice(n: int, group: int, groups: int) -> slice:
-    """Contiguous, balanced client groups over updates ordered by client id."""
+    """Contiguous, balanced client groups over a round's updates in fold order (CLIENT_ORDER)."""
     return slice(group * n // groups, (group + 1) * n // groups)
 
 

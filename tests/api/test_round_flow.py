@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load, save
 
 from tests.api.conftest import RunningJob
-from tests.support import adapter_tensors, bearer, job_spec, operator
+from tests.support import adapter_tensors, bearer, job_spec, operator, stats
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
@@ -120,3 +121,45 @@ def test_enrolled_client_waits_until_enrolment_closes(api: TestClient) -> None:
     assert enrolled["rank"] is None
     task = api.get("/api/v1/clients/me/task", headers=bearer(enrolled["credential"])).json()
     assert task["action"] == "wait" and task["retry_after"] > 0
+
+
+def enrol(api: TestClient, job: dict, name: str | None, n: int = 20) -> Any:
+    return api.post(
+        f"/api/v1/jobs/{job['id']}/clients",
+        json={"stats": stats(n, entropy=0.1 + n / 200), "name": name},
+        headers=bearer(job["join_token"]),
+    )
+
+
+def test_a_seed_samples_and_ranks_the_same_names_whatever_their_ids(api: TestClient) -> None:
+    spec = job_spec(
+        sampling={"fraction": 0.5},
+        enrolment={"min_clients": 6, "target_clients": 6, "timeout_s": 300},
+    )
+    chosen = []
+    for order in (range(6), reversed(range(6))):  # other ids, another enrolment order
+        job = api.post("/api/v1/jobs", json=spec, headers=operator(api)).json()
+        for i in order:
+            assert enrol(api, job, f"device-{i}", n=20 + 30 * i).status_code == 201
+        clients = api.get(f"/api/v1/jobs/{job['id']}/clients", headers=operator(api)).json()
+        names = {c["id"]: c["name"] for c in clients["items"]}
+        detail = api.get(f"/api/v1/jobs/{job['id']}/rounds/1", headers=operator(api)).json()
+        sampled = sorted(names[u["client_id"]] for u in detail["updates"])
+        ranks = sorted((c["name"], c["rank"], c["closeness"]) for c in clients["items"])
+        chosen.append((sampled, ranks))
+    assert len(chosen[0][0]) == 3
+    assert chosen[1] == chosen[0]
+
+
+def test_a_name_is_taken_once_per_job(api: TestClient) -> None:
+    spec = job_spec(enrolment={"min_clients": 2, "target_clients": 5, "timeout_s": 300})
+    job, other = (api.post("/api/v1/jobs", json=spec, headers=operator(api)).json() for _ in "ab")
+    assert enrol(api, job, "phone").status_code == 201
+    again = enrol(api, job, "phone")
+    assert again.status_code == 409, again.text
+    assert "already has a client named 'phone'" in again.json()["detail"]
+    assert "state directory" in again.json()["detail"]
+    assert enrol(api, other, "phone").status_code == 201  # names are per job
+    assert [enrol(api, job, None).status_code for _ in range(2)] == [201, 201]
+    listed = api.get(f"/api/v1/jobs/{job['id']}/clients", headers=operator(api)).json()
+    assert listed["total"] == 3

@@ -103,10 +103,12 @@ class Trainer:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, bytes, bytes | None]] = []
+        self.names: list[str | None] = []
 
     def __call__(self, ctx: RoundContext) -> LocalUpdate:
         n = ctx.task.round_number
         self.calls.append((n, ctx.adapter, ctx.private))
+        self.names.append(ctx.client_name)
         assert ctx.task.train_settings(1)["max_steps"] is None
         ctx.report(1, 1)
         return LocalUpdate(
@@ -117,7 +119,9 @@ class Trainer:
         )
 
 
-def client(tmp_path: Path, fake: FakeCoordinator, events: list | None = None) -> Client:
+def client(
+    tmp_path: Path, fake: FakeCoordinator, events: list | None = None, name: str | None = None
+) -> Client:
     api = ApiClient(
         SERVER,
         transport=httpx.MockTransport(fake),
@@ -128,6 +132,7 @@ def client(tmp_path: Path, fake: FakeCoordinator, events: list | None = None) ->
         JOB,
         join_token="join-token",
         state_dir=tmp_path,
+        name=name,
         api=api,
         on_progress=events.append if events is not None else None,
     )
@@ -164,6 +169,18 @@ def test_killed_mid_upload_resends_the_same_bytes_without_training_again(tmp_pat
     assert [c[0] for c in second.calls] == [2]  # round 1 was not trained twice
     assert fake.accepted[1] == hashlib.sha256(b"update-1" * 100).hexdigest()
     assert second.calls[0][2] == b"B-after-round-1"  # private state survived the crash
+
+
+def test_the_enrolled_name_reaches_training_after_a_restart_without_it(tmp_path: Path) -> None:
+    fake, first = FakeCoordinator(rounds=2), Trainer()
+    fake.crash_next_put_before_reading = True
+    with pytest.raises(Crash):
+        client(tmp_path, fake, name="phone-1").run(first, stats=STATS)
+
+    second = Trainer()
+    client(tmp_path, fake).run(second)  # no name given: the enrolled one is in the state
+    # The name, not the client id, is what the training seed derives from.
+    assert first.names == ["phone-1"] and second.names == ["phone-1"]
 
 
 def test_killed_after_acceptance_is_answered_200_and_counted_once(tmp_path: Path) -> None:

@@ -32,6 +32,16 @@ def test_credentials_survive_a_restart_with_private_permissions(tmp_path):
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["credentials.json"]  # no temp files
 
 
+def test_credentials_keep_the_enrolled_name_and_read_files_without_one(tmp_path):
+    DeviceState(tmp_path / "s").save_credentials("client-7", "s3cret", name="phone-1")
+    assert DeviceState(tmp_path / "s").load_credentials() == Credentials(
+        "client-7", "s3cret", "phone-1"
+    )
+    (tmp_path / "old").mkdir()  # a file written before names were stored
+    (tmp_path / "old" / "credentials.json").write_text('{"client_id": "c", "token": "t"}')
+    assert DeviceState(tmp_path / "old").load_credentials() == Credentials("c", "t", None)
+
+
 def test_corrupt_credentials_raise_a_clear_error(tmp_path):
     state = DeviceState(tmp_path)
     (tmp_path / "credentials.json").write_text("{not json")

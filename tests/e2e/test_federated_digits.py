@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS, ROUNDS, ALPHA = 8, 5, 0.5
 # Untrained base: ~0.07 on the digits test set. After 5 rounds: rbla ~0.6-0.7 (global model on
-# the test set), fedsa ~0.77-0.79 (personalised val); the client ids, and so the seeds, vary.
+# the test set), fedsa ~0.77-0.79 (personalised val), over job seeds.
 MARGIN = 0.4
 
 

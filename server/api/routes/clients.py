@@ -45,7 +45,8 @@ def enrol(
 ) -> Enrolled:
     """Enrol a device with the job's join token (``Authorization: Bearer <join token>``).
 
-    The response holds the client's own credential, shown only once.
+    The response holds the client's own credential, shown only once. A ``name`` is the
+    client's identity in the job (docs/algorithms.md, "Reproducibility"): 409 when taken.
     """
     # The job row stays locked from the enrolment's first query to this commit: both happen
     # here, on this thread, before anything goes back to the event loop.
