@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "--matrix", default="main", help="main, ranks, rbla-paper, fedsa-paper, smoke"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--tasks", nargs="+", help="run only the matrix's cells of these tasks")
     parser.add_argument(
         "--results", type=Path, default=ROOT / "bench" / "results" / "quality.jsonl"
     )
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite --out from --results")
     args = parser.parse_args(argv)
     todo = [] if args.report_only else list(cells(args.matrix, tuple(args.seeds)))
+    todo = [c for c in todo if args.tasks is None or c.task in args.tasks]
     done = load_results(args.results)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for i, cell in enumerate(todo, 1):

@@ -143,6 +143,51 @@ def _section(title: str, groups: dict[tuple[Any, ...], list[Record]], field: str
     return lines
 
 
+def verdict(records: Sequence[Record], rivals: Sequence[str]) -> list[str]:
+    """The default's target, cell by cell: the candidate's final global accuracy is at least
+    the best rival's within one paired standard error in every cell, and above each rival
+    (paired mean > 0) in at least half the cells."""
+    cells = _group(records, "task", "alpha", "rank")
+    lines = [
+        f"| cell | best rival | {CANDIDATE} minus best (± SE) | within 1 SE | above "
+        + ", ".join(rivals)
+        + " |",
+        "|---|---|---|---|---|",
+    ]
+    above = dict.fromkeys(rivals, 0)
+    every_cell_ok, n_cells = True, 0
+    for key, runs in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        by = {k[0]: v for k, v in _group(runs, "strategy").items()}
+        if CANDIDATE not in by or not all(r in by for r in rivals):
+            continue
+        n_cells += 1
+        best = max(rivals, key=lambda r: statistics.fmean(_final(x) for x in by[r]))
+        mean, se, _, _ = paired(by[CANDIDATE], by[best])
+        ok = mean >= -(se if not math.isnan(se) else 0.0)
+        every_cell_ok &= ok
+        wins = []
+        for rival in rivals:
+            if paired(by[CANDIDATE], by[rival])[0] > 0:
+                above[rival] += 1
+                wins.append(rival)
+        lines.append(
+            f"| {', '.join(str(k) for k in key)} | {best} | {mean:+.3f} ± {se:.3f} | "
+            f"{'yes' if ok else 'no'} | {', '.join(wins) or '–'} |"
+        )
+    if not n_cells:
+        return []
+    half = all(2 * above[r] >= n_cells for r in rivals)
+    met = every_cell_ok and half
+    lines += [
+        "",
+        f"Target {'met' if met else 'not met'} on {n_cells} cells: within one paired SE of the "
+        f"best rival in {'every' if every_cell_ok else 'not every'} cell; above "
+        + ", ".join(f"{r} in {above[r]}" for r in rivals)
+        + ".",
+    ]
+    return lines
+
+
 def write_report(records: Sequence[Record], out: Path) -> None:
     """Write the whole report (protocol, then one section per matrix on record)."""
     finished = [r for r in records if r["status"] == "finished"]
@@ -159,6 +204,10 @@ def write_report(records: Sequence[Record], out: Path) -> None:
         runs = by_matrix.get((matrix,))
         if runs:
             lines += _section(title, _group(runs, *keys), field)
+    main = by_matrix.get(("main",))
+    if main:
+        lines += ["## Verdict: is rbla-shrink the default?", ""]
+        lines += [*verdict(main, ("rbla", "zeropad", "flexlora")), ""]
     failed = len(records) - len(finished)
     if failed:
         lines += [f"{failed} run(s) did not finish and are left out of the tables.", ""]
