@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             f"devices {devices:.3f}, {outcome.wall_seconds:.0f} s",
             flush=True,
         )
-    write_report(list(done.values()), args.out)
+    write_report(list(done.values()), args.out, args.results.with_name("quality-notes.md"))
     print(f"report: {args.out} ({len(done)} runs on record)")
     return 0
 

@@ -188,8 +188,9 @@ def verdict(records: Sequence[Record], rivals: Sequence[str]) -> list[str]:
     return lines
 
 
-def write_report(records: Sequence[Record], out: Path) -> None:
-    """Write the whole report (protocol, then one section per matrix on record)."""
+def write_report(records: Sequence[Record], out: Path, notes: Path | None = None) -> None:
+    """Write the whole report: protocol, one section per matrix on record, the verdict, then
+    the hand-written findings in ``notes`` (when the file exists)."""
     finished = [r for r in records if r["status"] == "finished"]
     by_matrix = _group(finished, "matrix")
     lines = [PROTOCOL]
@@ -211,5 +212,7 @@ def write_report(records: Sequence[Record], out: Path) -> None:
     failed = len(records) - len(finished)
     if failed:
         lines += [f"{failed} run(s) did not finish and are left out of the tables.", ""]
+    if notes is not None and notes.exists():
+        lines += [notes.read_text().strip(), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")
