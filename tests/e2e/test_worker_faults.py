@@ -20,7 +20,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from server.aggregation import ClientUpdate
-from server.db.models import AggregationShard, GlobalAdapter, Job, Round, UpdateStatus
+from server.db.models import (
+    CLIENT_ORDER,
+    AggregationShard,
+    Client,
+    GlobalAdapter,
+    Job,
+    Round,
+    UpdateStatus,
+)
 from server.db.models import ClientUpdate as UpdateRow
 from server.db.session import session_scope
 from server.services.runtime import Runtime
@@ -108,8 +116,9 @@ def undisturbed_sha256(rt: Runtime, round_id: str) -> str:
         job = session.get_one(Job, rnd.job_id)
         rows = session.scalars(
             select(UpdateRow)
+            .join(Client, Client.id == UpdateRow.client_id)
             .where(UpdateRow.round_id == rnd.id, UpdateRow.status == UpdateStatus.ACCEPTED)
-            .order_by(UpdateRow.client_id)
+            .order_by(*CLIENT_ORDER)  # the fold order of the coordinator
         ).all()
         with rt.store.local_path(global_key(job.id, 0)) as path:
             accumulator = strategy_for(job).accumulator(load_adapter(path))
