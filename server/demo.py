@@ -222,11 +222,17 @@ def _follow(
     out: Callable[[str], None],
 ) -> None:
     """Print each round as it closes, until the last one or the job ends otherwise."""
+    from server.db.models import JobStatus
+
     number = 1
     while number <= rounds:
         job = http.get(f"/api/v1/jobs/{job_id}").json()
         detail = None
-        if job["current_round"] >= number:
+        # A round is closed once the next one is open or the job has ended: asking for its
+        # detail only then keeps this loop's load on the coordinator to one request a poll.
+        if job["current_round"] > number or (
+            job["current_round"] == number and JobStatus(job["status"]).ended
+        ):
             detail = http.get(f"/api/v1/jobs/{job_id}/rounds/{number}").json()
         if detail is not None and detail["status"] == "closed":
             accuracy, spread = evaluator.score(http, job_id, detail)
@@ -250,7 +256,7 @@ def _follow(
             )
             number += 1
             continue
-        ended = job["status"] in ("finished", "failed", "cancelled") or not sim.is_alive()
+        ended = JobStatus(job["status"]).ended or not sim.is_alive()
         if ended and (job["status"] != "finished" or job["current_round"] < number):
             out(f"job {job['status']}: {job.get('failure_reason') or 'clients stopped'}")
             return

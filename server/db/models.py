@@ -68,6 +68,14 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"
 
+    @property
+    def ended(self) -> bool:
+        """Whether the job can no longer change: finished, cancelled or failed."""
+        return self in _ENDED_JOBS
+
+
+_ENDED_JOBS = frozenset({JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED})
+
 
 class RoundStatus(enum.StrEnum):
     OPEN = "open"

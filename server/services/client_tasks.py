@@ -15,7 +15,7 @@ ROUND_POLL_S = 1.0
 
 def next_task(session: Session, client: Client) -> ClientTask:
     job = session.get_one(Job, client.job_id)
-    if job.status in (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED):
+    if JobStatus(job.status).ended:
         return FinishedTask(status=job.status, reason=job.failure_reason)
     if job.status == JobStatus.ENROLLING:
         return WaitTask(retry_after=ENROLMENT_POLL_S, reason="enrolment is still open")

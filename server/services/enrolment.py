@@ -26,7 +26,7 @@ def enrol_client(
     """
     job = job_for_join_token(session, job_id, join_token, lock=True)
     spec = spec_of(job)
-    if job.status in rounds.TERMINAL_JOB:
+    if JobStatus(job.status).ended:
         raise Gone(f"job {job.id} is {job.status}; it accepts no more clients")
     if job.status == JobStatus.RUNNING and not spec.enrolment.allow_late_join:
         raise Gone(f"job {job.id} has started and does not accept late joiners")

@@ -61,8 +61,6 @@ from server.tensors import save_adapter
 
 log = logging.getLogger(__name__)
 
-TERMINAL_JOB = {JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED}
-
 
 def transition(
     session: Session, model: Any, row_id: uuid.UUID, expected: str, **values: Any

@@ -32,7 +32,6 @@ EVENT_POLL_S = 1.0
 EVENT_KEEPALIVE_S = 15.0
 # A stream ends after this long; the browser's EventSource reconnects on its own.
 EVENT_STREAM_S = 300.0
-TERMINAL = {JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED}
 
 
 @router.get("/{job_id}/metrics", response_model=Page[RoundMetrics])
@@ -85,7 +84,7 @@ def _snapshot(runtime: Runtime, job_id: uuid.UUID) -> tuple[str, bool]:
     """The event's JSON, and whether the job has ended."""
     with session_scope(runtime.sessions) as session:
         event = metrics.job_event(session, job_id)
-    return event.model_dump_json(), event.status in TERMINAL
+    return event.model_dump_json(), JobStatus(event.status).ended
 
 
 @router.get("/{job_id}/events", include_in_schema=False)
