@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 COOKIE_NAME = "flaas_session"
 SESSION_SECONDS = 12 * 3600
+MAX_TOKEN_CHARS = 256  # an issued token has about 96
 _CONTEXT = b"flaas-dashboard-session-v1:"
 
 
@@ -32,11 +33,15 @@ def issue_session(operator_key: str, *, now: float | None = None) -> str:
 
 def session_is_valid(token: str | None, keys: Iterable[str], *, now: float | None = None) -> bool:
     """Whether ``token`` was issued for one of ``keys`` and has not expired."""
-    if not token or token.count(".") != 2:
+    # Anything but the issued shape is refused before parsing: Python's int() raises on more
+    # than 4,300 digits (and on Unicode digits), compare_digest on non-ASCII text.
+    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
         return False
     payload, _, mac = token.rpartition(".")
     expires = payload.split(".", 1)[0]
-    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+    if not expires.isdigit() or len(expires) > 12:
+        return False
+    if int(expires) < (time.time() if now is None else now):
         return False
     found = False
     for key in keys:

@@ -102,6 +102,21 @@ def test_dashboard_login_sets_a_cookie_the_api_accepts(
     assert status_with(token, "/dashboard/jobs") == 200
     assert status_with(token[:-1] + ("0" if token[-1] != "0" else "1")) == 401
     assert status_with(issue_session(OPERATOR_KEY, now=time.time() - 13 * 3600)) == 401
+    # Malformed tokens are refused with a 401 from every route, never a 500: an expiry too
+    # long for int(), Unicode digits, a non-ASCII MAC, an oversized token.
+    payload, mac = token.rsplit(".", 1)
+    for bad in (
+        "9" * 5000 + ".n.x",
+        "\u00b2\u00b3.n." + mac,
+        f"{payload}.\u00e9{mac[1:]}",
+        token + "0" * 300,
+        "..",
+    ):
+        api.cookies.clear()
+        raw = {"Cookie": f"{COOKIE_NAME}={bad}".encode()}  # bytes: httpx sends them as they are
+        assert api.get("/api/v1/jobs", headers=raw).status_code == 401, bad[:40]
+        page = api.get("/dashboard/jobs", headers=raw, follow_redirects=False)
+        assert page.status_code == 303, bad[:40]
     # A wrong Bearer key is refused even next to a valid cookie.
     assert status_with(token, headers={"Authorization": "Bearer wrong"}) == 401
     api.cookies.clear()
