@@ -13,7 +13,7 @@ def critic_weights(x: Matrix, *, normalise: bool = True) -> NDArray[np.float64]:
     """CRITIC weights of the columns of ``x`` (clients x criteria, all finite).
 
     Columns are min-max normalised (``normalise=False``: ``x`` is already on a fixed [0, 1]
-    scale, e.g. the criteria's bounds, and is used as it is); sigma_j is the population std;
+    scale, e.g. the criteria's bounds, and sigma is measured on it); sigma_j is the population std;
     C_j = sigma_j * sum_k (1 - rho_jk). Zero-variance columns get weight 0 and are left out of
     the correlation sums [decision: a constant column carries no information, so it must not
     inflate the other columns' "conflict" terms]. If every C_j is 0 the weights are equal.
@@ -26,8 +26,10 @@ def critic_weights(x: Matrix, *, normalise: bool = True) -> NDArray[np.float64]:
     if n_cols == 0:
         return weights
     if varying.any():
-        norm = (x[:, varying] - lo[varying]) / span[varying] if normalise else x[:, varying]
-        sigma = norm.std(axis=0)
+        norm = (x[:, varying] - lo[varying]) / span[varying]
+        # rho is scale-free, so it always comes from the min-max columns (a span of 1e-300
+        # would underflow corrcoef's std); sigma from the scale the caller chose.
+        sigma = norm.std(axis=0) if normalise else x[:, varying].std(axis=0)
         rho = (
             np.atleast_2d(np.corrcoef(norm, rowvar=False)) if norm.shape[1] > 1 else np.ones((1, 1))
         )
