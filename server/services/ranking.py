@@ -56,6 +56,15 @@ def reference_of(policy: RankPolicy) -> list[Bound] | None:
     return criterion_bounds(CRITERIA, policy.reference_samples)
 
 
+def _job_reference(job: Job, policy: RankPolicy) -> list[Bound] | None:
+    """The job's reference. A stored spec without ``rank.reference`` was created before the
+    option existed (creation stores every field): it keeps the cohort reference it was
+    created under, so the same spec and seed still give the same ranks."""
+    if "reference" not in (job.spec or {}).get("rank", {}):
+        return None
+    return reference_of(policy)
+
+
 def _budget(spec: JobSpec, clients: Sequence[Client]) -> RankBudget | None:
     """The spec's budget over this cohort (each device's own max_rank counted as its cap)."""
     budget = spec.rank.budget
@@ -125,7 +134,7 @@ def rank_cohort(job: Job, spec: JobSpec, clients: Sequence[Client]) -> None:
         policy.r_max,
         grid=policy.grid,
         default=policy.default,
-        reference=reference_of(policy),
+        reference=_job_reference(job, policy),
         budget=_budget(spec, clients),
     )
     for client, rank, closeness in zip(clients, result.ranks, result.closeness, strict=True):
