@@ -88,6 +88,8 @@ def test_a_budget_is_spent_and_recorded(api: TestClient, budget: dict[str, Any])
     else:
         assert sum(bytes_at(r) for r in ranks) <= budget["upload_bytes_per_round"]
     assert record["budget"]["spent"] <= record["budget"]["limit"]
+    summary = api.get(f"/api/v1/jobs/{job.id}/summary", headers=operator(api)).json()
+    assert summary["rank_budget"] == record["budget"]
 
 
 def test_cohort_reference_keeps_the_old_spread_and_bounds_does_not(api: TestClient) -> None:
