@@ -5,6 +5,7 @@ from server.autorank.assignment import (
     allowed_ranks,
     assign_ranks,
     rank_of,
+    ranks_of,
     score_late_joiner,
 )
 from server.autorank.budget import (
@@ -45,6 +46,7 @@ __all__ = [
     "fit_shift",
     "mean_rank_budget",
     "rank_of",
+    "ranks_of",
     "score_late_joiner",
     "shrink_to_uniform",
     "to_unit",

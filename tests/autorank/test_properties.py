@@ -19,6 +19,7 @@ from server.autorank import (
     critic_weights,
     mean_rank_budget,
     rank_of,
+    ranks_of,
     score_late_joiner,
     upload_budget,
 )
@@ -207,3 +208,20 @@ def test_late_joiner_gets_the_rank_it_would_have_had_at_the_start() -> None:
         c, rank = score_late_joiner(cohort, r, 2, 16, reference=BOUNDS, shift=out.shift)
         assert c == pytest.approx(out.closeness[i]) and rank == out.ranks[i]
         assert rank == rank_of(out.closeness[i] + out.shift, 2, 16, allowed)
+
+
+@PROPS
+@given(
+    st.lists(st.floats(-0.5, 1.5, allow_nan=False), min_size=1, max_size=30),
+    st.floats(-1.0, 1.0),
+    st.sampled_from(GRIDS),
+    bounds_pair,
+)
+def test_the_vectorised_mapping_is_the_scalar_one(
+    scores: list[float], shift: float, grid: Any, rb: tuple[int, int]
+) -> None:
+    allowed = allowed_ranks(*rb, grid)
+    halves = [round(2 * c * (rb[1] - rb[0])) / (2 * (rb[1] - rb[0])) for c in scores]  # ties
+    for values in (scores, halves):
+        expected = [rank_of(c + shift, *rb, allowed) for c in values]
+        assert ranks_of(np.array(values), shift, *rb, allowed) == expected
