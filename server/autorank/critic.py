@@ -6,15 +6,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 Matrix = NDArray[np.float64]
+WEIGHT_PRIOR = 0.1  # kappa: the share of the weight that is uniform whatever the cohort
 
 
-def critic_weights(x: Matrix) -> NDArray[np.float64]:
+def critic_weights(x: Matrix, *, normalise: bool = True) -> NDArray[np.float64]:
     """CRITIC weights of the columns of ``x`` (clients x criteria, all finite).
 
-    Columns are min-max normalised; sigma_j is the population std; C_j = sigma_j *
-    sum_k (1 - rho_jk). Zero-variance columns get weight 0 and are left out of the correlation
-    sums [decision: a constant column carries no information, so it must not inflate the other
-    columns' "conflict" terms]. If every C_j is 0 the weights are equal.
+    Columns are min-max normalised (``normalise=False``: ``x`` is already on a fixed [0, 1]
+    scale, e.g. the criteria's bounds, and sigma is measured on it); sigma_j is the population std;
+    C_j = sigma_j * sum_k (1 - rho_jk). Zero-variance columns get weight 0 and are left out of
+    the correlation sums [decision: a constant column carries no information, so it must not
+    inflate the other columns' "conflict" terms]. If every C_j is 0 the weights are equal.
     """
     n_cols = x.shape[1]
     lo, hi = x.min(axis=0), x.max(axis=0)
@@ -25,7 +27,9 @@ def critic_weights(x: Matrix) -> NDArray[np.float64]:
         return weights
     if varying.any():
         norm = (x[:, varying] - lo[varying]) / span[varying]
-        sigma = norm.std(axis=0)
+        # rho is scale-free, so it always comes from the min-max columns (a span of 1e-300
+        # would underflow corrcoef's std); sigma from the scale the caller chose.
+        sigma = norm.std(axis=0) if normalise else x[:, varying].std(axis=0)
         rho = (
             np.atleast_2d(np.corrcoef(norm, rowvar=False)) if norm.shape[1] > 1 else np.ones((1, 1))
         )
@@ -35,6 +39,23 @@ def critic_weights(x: Matrix) -> NDArray[np.float64]:
     if total <= 0:
         return np.full(n_cols, 1.0 / n_cols)
     return weights / total
+
+
+def shrink_to_uniform(
+    weights: NDArray[np.float64], kappa: float = WEIGHT_PRIOR
+) -> NDArray[np.float64]:
+    """w = (1 - kappa) w_critic + kappa / m: CRITIC weights shrunk toward the uniform prior.
+
+    A few near-identical clients make sigma and rho mostly noise, so the raw CRITIC weights
+    swing from one cohort to the next; the prior bounds every weight below by kappa / m, so no
+    criterion is silenced by noise. A sum-to-one input stays sum-to-one.
+    """
+    m = weights.shape[0]
+    if m == 0:
+        return weights
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"the weight prior kappa must lie in [0, 1], got {kappa}")
+    return (1.0 - kappa) * weights + kappa / m
 
 
 def topsis_closeness(x: Matrix, weights: NDArray[np.float64]) -> NDArray[np.float64]:

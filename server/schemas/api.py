@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from client_sdk.model_spec import ModelSpec
-from server.schemas.job_spec import JobSpec, TrainingSettings
+from server.schemas.job_spec import MAX_SAMPLES, JobSpec, TrainingSettings
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ class ComplexityStats(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_samples: int = Field(ge=1, le=10**12)
+    n_samples: int = Field(ge=1, le=MAX_SAMPLES)
     label_entropy: float | None = Field(default=None, ge=0, le=1)
     gini_simpson: float | None = Field(default=None, ge=0, le=1)
     loss_entropy: float | None = Field(default=None, ge=0, le=1)

@@ -13,9 +13,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from client_sdk.model_spec import ModelSpec
+from server.autorank import DEFAULT_REFERENCE_SAMPLES, AutoRankError, allowed_ranks
 
 MAX_DEADLINE_S = 7 * 24 * 3600
 MAX_RANK = 1024
+MAX_SAMPLES = 10**12  # a client's n_samples; also caps rank.reference_samples
+MAX_UPLOAD_BUDGET = 1 << 50  # bytes per round: a petabyte, beyond any real round
 _MODULE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 Seconds = Annotated[float, Field(gt=0, le=MAX_DEADLINE_S)]
@@ -24,6 +27,27 @@ Dim = Annotated[int, Field(ge=1, le=1 << 20)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RankBudgetSpec(_Strict):
+    """What AutoRank may spend, exactly one of: a mean rank, or upload bytes per round."""
+
+    mean_rank: float | None = Field(
+        default=None, gt=0, le=MAX_RANK, description="The cohort's mean rank is at most this."
+    )
+    upload_bytes_per_round: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_UPLOAD_BUDGET,
+        description="A round's uploads (the sampled clients' adapters, F32 tensor bytes, the "
+        "largest sample the round can draw) are at most this.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RankBudgetSpec:
+        if (self.mean_rank is None) == (self.upload_bytes_per_round is None):
+            raise ValueError("rank.budget takes exactly one of mean_rank or upload_bytes_per_round")
+        return self
 
 
 class RankPolicy(_Strict):
@@ -45,6 +69,23 @@ class RankPolicy(_Strict):
     grid: Literal["multiple_of_4", "power_of_two"] | list[int] | None = Field(
         default=None, description="Snap assigned ranks to this grid."
     )
+    reference: Literal["bounds", "cohort"] = Field(
+        default="bounds",
+        description="bounds: score every criterion against its theoretical range (alike clients "
+        "get alike ranks); cohort: against the cohort's best and worst client, stretched onto "
+        "[r_min, r_max] (the behaviour before bounds existed).",
+    )
+    reference_samples: int = Field(
+        default=DEFAULT_REFERENCE_SAMPLES,
+        ge=2,
+        le=MAX_SAMPLES,
+        description="bounds reference: the sample count at which the size criterion saturates.",
+    )
+    budget: RankBudgetSpec | None = Field(
+        default=None,
+        description="Spend at most this: every client's score moves by one shift until the "
+        "budget is met (autorank only).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> RankPolicy:
@@ -58,7 +99,30 @@ class RankPolicy(_Strict):
             not self.grid or any(not self.r_min <= r <= self.r_max for r in self.grid)
         ):
             raise ValueError(f"rank.grid values must lie in [{self.r_min}, {self.r_max}]")
+        if self.budget is not None:
+            self._check_budget(self.budget)
         return self
+
+    def _check_budget(self, budget: RankBudgetSpec) -> None:
+        if self.policy != "autorank":
+            raise ValueError('rank.budget needs rank.policy "autorank" (a fixed rank spends none)')
+        if budget.mean_rank is None:
+            return  # bytes depend on the model's layout: checked when the job is created
+        try:
+            allowed = allowed_ranks(self.r_min, self.r_max, self.grid)
+        except AutoRankError as exc:
+            raise ValueError(f"rank: {exc}") from None
+        if budget.mean_rank < allowed[0]:
+            raise ValueError(
+                f"rank.budget.mean_rank ({budget.mean_rank:g}) is below the smallest rank a "
+                f"client can get ({allowed[0]}): lower rank.r_min or raise the budget"
+            )
+        if budget.mean_rank > allowed[-1]:
+            raise ValueError(
+                f"rank.budget.mean_rank ({budget.mean_rank:g}) is above the largest rank a "
+                f"client can get ({allowed[-1]}), so it can never be spent: raise rank.r_max "
+                "or lower the budget"
+            )
 
     @property
     def default(self) -> int:

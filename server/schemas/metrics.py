@@ -61,6 +61,19 @@ class RankBin(BaseModel):
     clients: int
 
 
+class RankBudgetOutcome(BaseModel):
+    """What AutoRank's budget did when the ranks were assigned (docs/algorithms.md)."""
+
+    kind: Literal["mean_rank", "upload_bytes_per_round"]
+    limit: float
+    spent: float = Field(description="The cost the assigned ranks reach (<= limit when met).")
+    shift: float = Field(description="The one shift added to every client's score.")
+    status: Literal["met", "below_minimum", "above_maximum"] = Field(
+        description="below_minimum: everyone at r_min still costs more (clamped); "
+        "above_maximum: everyone at r_max spends less."
+    )
+
+
 class JobSummary(BaseModel):
     """Cohort-level facts a dashboard header needs, without the per-client matrix."""
 
@@ -71,6 +84,10 @@ class JobSummary(BaseModel):
     criteria: list[str]
     critic_weights: list[float] | None
     dropped_criteria: list[int]
+    autorank_reference: Literal["bounds", "cohort"] | None = Field(
+        default=None, description="What TOPSIS closeness was measured against."
+    )
+    rank_budget: RankBudgetOutcome | None = None
 
 
 class JobEvent(BaseModel):

@@ -14,7 +14,7 @@ from server.db.paging import page
 from server.errors import InvalidRequest, NotFound
 from server.schemas.job_spec import JobSpec
 from server.security import JOIN_TOKEN_PREFIX, hash_secret, new_secret
-from server.services import rounds
+from server.services import ranking, rounds
 from server.services.models import with_derived_layout
 from server.services.runtime import Runtime
 from server.services.strategies import (
@@ -53,6 +53,7 @@ def create_job(session: Session, spec: JobSpec, *, max_clients: int) -> tuple[Jo
             f"strategy {spec.strategy} needs every client at the same rank: "
             'set rank.policy to "fixed" (or choose rbla / zeropad / hetlora / flexlora)'
         )
+    ranking.check_budget(spec, max_clients=max_clients)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(2**62)
     spec = spec.model_copy(update={"seed": seed})
     token = new_secret(JOIN_TOKEN_PREFIX)

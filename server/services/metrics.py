@@ -188,6 +188,8 @@ def job_summary(session: Session, job_id: uuid.UUID) -> JobSummary:
         criteria=list(autorank.get("criteria") or []),
         critic_weights=result.get("weights"),
         dropped_criteria=list(result.get("dropped") or []),
+        autorank_reference=result.get("reference", "cohort") if result else None,
+        rank_budget=result.get("budget"),
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -53,6 +52,7 @@ from server.services.strategies import (
     default_quorum,
     extra_of,
     modules_of,
+    sample_size,
     spec_of,
     strategy_for,
 )
@@ -136,8 +136,8 @@ def open_round(session: Session, job: Job, number: int, now: datetime) -> Round:
             .order_by(*CLIENT_ORDER)
         )
     )
-    wanted = max(spec.sampling.minimum, math.ceil(spec.sampling.fraction * len(eligible)))
-    chosen = random.Random(f"{job.seed}:{number}").sample(eligible, min(wanted, len(eligible)))
+    wanted = sample_size(spec, len(eligible))
+    chosen = random.Random(f"{job.seed}:{number}").sample(eligible, wanted)
     rnd = Round(
         job_id=job.id,
         number=number,

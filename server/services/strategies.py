@@ -13,6 +13,9 @@ from server.aggregation import AggregationError, Strategy, get_strategy, lora_sc
 from server.db.models import Job
 from server.errors import InvalidRequest
 from server.schemas.job_spec import JobSpec
+from server.services.adapter_format import ITEMSIZE
+
+UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of upload_bytes()
 
 LORA_PARTS = ("lora_A", "lora_B")
 VERA_PARTS = ("vera_lambda_d", "vera_lambda_b")
@@ -56,6 +59,13 @@ def upload_spec(job: Job, rank: int) -> dict[str, tuple[int, ...]]:
     return strategy_for(job).upload_spec(modules_of(spec), rank, extra_of(spec))
 
 
+def upload_bytes(spec: JobSpec, rank: int) -> int:
+    """Tensor bytes one client of ``rank`` uploads per round (F32; the safetensors header, a
+    few hundred bytes, aside). ``spec`` must carry its layout (``with_derived_layout``)."""
+    shapes = strategy_for_spec(spec).upload_spec(modules_of(spec), rank, extra_of(spec))
+    return sum(math.prod(shape) for shape in shapes.values()) * ITEMSIZE[UPLOAD_DTYPE]
+
+
 def client_scale(job: Job, rank: int) -> float:
     """The LoRA scale a client of ``rank`` trains at (VeRA has no alpha: scale 1)."""
     strategy = strategy_for(job)
@@ -89,6 +99,12 @@ def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
     if extra:
         every.add("extra")
     return sorted(shared), sorted(every - shared - private)
+
+
+def sample_size(spec: JobSpec, eligible: int) -> int:
+    """How many of ``eligible`` clients a round samples: max(minimum, ceil(fraction * n))."""
+    wanted = max(spec.sampling.minimum, math.ceil(spec.sampling.fraction * eligible))
+    return min(wanted, eligible)
 
 
 def default_quorum(sampled: int, min_updates: int | None) -> int:

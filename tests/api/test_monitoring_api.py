@@ -52,6 +52,7 @@ def test_round_metrics_summary_and_activity(api: TestClient, running: RunningJob
     assert summary["clients"] == 3 and sum(b["clients"] for b in summary["rank_histogram"]) == 3
     assert summary["client_states"]["training"] == 3  # sampled into the open round 2
     assert len(summary["critic_weights"]) == len(summary["criteria"])
+    assert summary["autorank_reference"] == "bounds" and summary["rank_budget"] is None
     activity = api.get(f"{base}/clients/activity?limit=2", headers=operator(api)).json()
     assert activity["total"] == 3 and len(activity["items"]) == 2
     assert {c["state"] for c in activity["items"]} == {"training"}

@@ -131,6 +131,13 @@ export async function render(root, { jobId }) {
     if (!coverageHeatmap(els.coverage, trained)) setContent(els.coverage, empty("No round aggregated yet."));
   }
 
+  const budgetNote = (b) => {
+    if (!b) return "";
+    const what = b.kind === "mean_rank" ? `mean rank ≤ ${fmtNum(b.limit)}` : `${fmtNum(b.limit)} bytes up per round`;
+    const how = { met: "met", below_minimum: "unmet: every client at r_min", above_maximum: "unspent: every client at r_max" }[b.status] || b.status;
+    return ` Budget ${what}: ${fmtNum(b.spent)} (${how}).`;
+  };
+
   const loadAutorank = () => section(els.autorank, async () => {
     const page = await api(`/jobs/${jobId}/clients/activity`, { limit: AUTORANK_PAGE, offset: state.autorankOffset });
     const s = state.summary || (await api(`/jobs/${jobId}/summary`));
@@ -139,7 +146,7 @@ export async function render(root, { jobId }) {
     const weights = s.critic_weights;
     return [
       h("p.muted.small", {}, s.autorank_policy === "autorank"
-        ? "CRITIC weighs each complexity metric; TOPSIS closeness maps to the rank."
+        ? `CRITIC weighs each complexity metric; TOPSIS closeness (against the ${s.autorank_reference === "bounds" ? "metrics' bounds" : "cohort's best and worst client"}) maps to the rank.${budgetNote(s.rank_budget)}`
         : `Rank policy: ${s.autorank_policy || state.job?.rank_policy} (no AutoRank scoring).`),
       table([
         { title: "Client", cell: (c) => c.name || shortId(c.id) },
