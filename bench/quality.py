@@ -94,7 +94,7 @@ def cells(matrix: str, seeds: tuple[int, ...]) -> Iterator[Cell]:
             for seed in seeds:
                 yield Cell(
                     "fedsa-paper", "trec", 0.5, strategy, "fixed@8", seed, rounds=10,
-                    training=(("max_steps", 10),), r_max=8,
+                    training=(("steps", 10),), r_max=8,
                 )  # fmt: skip
     else:
         raise SystemExit(f"unknown matrix {matrix!r}: main, ranks, rbla-paper, fedsa-paper, smoke")
@@ -116,7 +116,7 @@ def job_spec(cell: Cell) -> dict[str, Any]:
         rank["budget"] = {"mean_rank": float(value)}
     spec["rank"] = rank
     spec["training"].update(dict(cell.training))
-    if "max_steps" in spec["training"]:
+    if "steps" in spec["training"]:
         spec["training"].pop("epochs", None)
     return spec
 
