@@ -148,6 +148,9 @@ def join_command(args: argparse.Namespace) -> int:
         raise SystemExit("error: --val-fraction must lie in [0, 1)")
     if args.max_seq_len < 2:
         raise SystemExit("error: --max-seq-len must be at least 2")
+    for option, path in (("--data", args.data), ("--val-data", args.val_data)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"error: {option} {path}: no such file")
     from client_sdk.api import ApiError, Unavailable
     from client_sdk.client import Client
     from client_sdk.device_data import read_training_data

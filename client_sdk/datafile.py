@@ -207,6 +207,15 @@ def read_arrays(path: str | Path, num_labels: int) -> LocalData:
             raise ValueError(f"{path}: {name} has {len(features)} rows and {len(labels)} labels")
         if labels.min() < 0 or labels.max() >= num_labels:
             raise ValueError(f"{path}: labels must lie in [0, {num_labels})")
-        if not np.isfinite(features).all() or features.min() < 0 or features.max() > 1:
-            raise ValueError(f"{path}: {name} must hold finite values in [0, 1] (scale pixels)")
+        if not np.isfinite(features).all():
+            raise ValueError(
+                f"{path}: {name} holds NaN or infinite values; the built-in models take "
+                "finite features in [0, 1]"
+            )
+        low, high = float(features.min()), float(features.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{path}: {name} holds values in [{low:g}, {high:g}]; the built-in models "
+                "take features in [0, 1] (divide pixels by their maximum, e.g. 255 or 16)"
+            )
     return LocalData(x, y, x_val, y_val)

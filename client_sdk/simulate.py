@@ -213,8 +213,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=None, help="default: a new temporary directory")
 
 
+def check_before_training(
+    server: str, job_id: str, join_token: str, clients: int, concurrency: int
+) -> None:
+    """The arguments, the coordinator and the join token, checked before torch is imported:
+    a coordinator that is down or a wrong token is reported in seconds, in one sentence."""
+    from client_sdk.api import ApiClient, RetryPolicy
+
+    if clients < 1:
+        raise ValueError(f"--clients must be at least 1, not {clients}")
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, not {concurrency}")
+    with ApiClient(server, retry=RetryPolicy(attempts=3, base_s=0.25, max_s=1.0)) as api:
+        api.job_model(job_id, join_token)
+
+
 def main(args: argparse.Namespace) -> int:
     """``flaas simulate``: print one line per accepted update and a final summary."""
+
+    check_before_training(args.server, args.job, args.token, args.clients, args.concurrency)
 
     def show(i: int, p: Progress) -> None:
         if p.event in ("accepted", "skipped", "enrolled"):

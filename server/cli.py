@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -42,79 +42,6 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator_client(args: argparse.Namespace) -> Any:
-    import httpx
-
-    key = args.operator_key or os.environ.get("FLAAS_OPERATOR_KEY")
-    if not key:
-        from server.config import DEVELOPMENT_OPERATOR_KEY
-
-        key = DEVELOPMENT_OPERATOR_KEY
-    return httpx.Client(
-        base_url=args.server, headers={"Authorization": f"Bearer {key}"}, timeout=30.0
-    )
-
-
-def _send(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    """The coordinator's answer (an ``httpx.Response``); an error exits with its message."""
-    import httpx
-
-    try:
-        with _operator_client(args) as http:
-            response = http.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise SystemExit(f"error: cannot reach the coordinator at {args.server}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text
-        raise SystemExit(f"error: {response.status_code}: {json.dumps(detail, indent=2)}")
-    return response
-
-
-def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    return _send(args, method, path, **kwargs).json()
-
-
-def _job_create(args: argparse.Namespace) -> int:
-    import yaml
-
-    path = Path(args.file)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"error: cannot read job file {path}: {exc}") from None
-    if not isinstance(spec, dict):
-        raise SystemExit(f"error: {path} must hold a mapping (the job spec)")
-    job = _request(args, "POST", "/api/v1/jobs", json=spec)
-    print(json.dumps(job, indent=2))
-    print(
-        f"\njob {job['id']} created; clients join with token:\n  {job['join_token']}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _job_list(args: argparse.Namespace) -> int:
-    params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
-    page = _request(args, "GET", "/api/v1/jobs", params=params)
-    print(f"{'id':36}  {'status':10} {'strategy':12} {'round':>9}  {'clients':>7}  name")
-    for job in page["items"]:
-        progress = f"{job['current_round']}/{job['total_rounds']}"
-        print(
-            f"{job['id']:36}  {job['status']:10} {job['strategy']:12} {progress:>9}  "
-            f"{job['enrolled_clients']:>7}  {job['name']}"
-        )
-    print(f"({len(page['items'])} of {page['total']})")
-    return 0
-
-
-def _job_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_request(args, "GET", f"/api/v1/jobs/{args.job_id}"), indent=2))
-    return 0
-
-
 def _adapter_export(args: argparse.Namespace) -> int:
     """Download a round's global adapter in peft's format and unpack it into ``--out``."""
     import hashlib
@@ -125,7 +52,10 @@ def _adapter_export(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"format": "peft"}
     if args.round is not None:
         params["round"] = args.round
-    response = _send(args, "GET", f"/api/v1/jobs/{args.job}/adapter", params=params)
+    from server.cli_jobs import resolve_job_id, send
+
+    job_id = resolve_job_id(args, args.job)
+    response = send(args, "GET", f"/api/v1/jobs/{job_id}/adapter", params=params)
     try:
         archive = zipfile.ZipFile(io.BytesIO(response.content))
     except zipfile.BadZipFile:
@@ -150,23 +80,28 @@ def _adapter_export(args: argparse.Namespace) -> int:
     lineage = json.loads(files["flaas_lineage.json"])
     weights = hashlib.sha256(files["adapter_model.safetensors"]).hexdigest()
     print(
-        f"job {args.job} round {lineage['round']}: rank {config['r']}, "
+        f"job {job_id} round {lineage['round']}: rank {config['r']}, "
         f"lora_alpha {config['lora_alpha']}, adapter_model.safetensors sha256 {weights}"
     )
     return 0
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=os.environ.get("FLAAS_SERVER", DEFAULT_SERVER))
     parser.add_argument(
-        "--operator-key", default=None, help="operator API key (default: $FLAAS_OPERATOR_KEY)"
+        "--server",
+        default=os.environ.get("FLAAS_SERVER", DEFAULT_SERVER),
+        help=f"coordinator base URL (default: $FLAAS_SERVER or {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--operator-key",
+        default=None,
+        help="operator API key (default: $FLAAS_OPERATOR_KEY, else the first key of "
+        "$FLAAS_OPERATOR_KEYS; the development key only for a coordinator on this machine)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flaas", description="Federated LoRA fine-tuning as a service."
-    )
+    parser = _Parser(prog="flaas", description="Federated LoRA fine-tuning as a service.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the coordinator (embedded defaults)")
@@ -181,21 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(handler=_migrate)
 
-    job = commands.add_parser("job", help="create and inspect jobs").add_subparsers(
-        dest="job_command", required=True
-    )
-    create = job.add_parser("create", help="create a job from a YAML spec")
-    create.add_argument("--file", required=True)
-    create.set_defaults(handler=_job_create)
-    listing = job.add_parser("list", help="list jobs")
-    listing.add_argument("--status", default=None)
-    listing.add_argument("--limit", type=int, default=50)
-    listing.set_defaults(handler=_job_list)
-    show = job.add_parser("show", help="show one job")
-    show.add_argument("job_id")
-    show.set_defaults(handler=_job_show)
-    for sub in (create, listing, show):
-        _add_server_options(sub)
+    from server.cli_jobs import add_job_commands
+
+    add_job_commands(commands, _add_server_options)
 
     adapter = commands.add_parser("adapter", help="download global adapters").add_subparsers(
         dest="adapter_command", required=True
@@ -203,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = adapter.add_parser(
         "export", help="a round's global adapter as a directory PeftModel.from_pretrained loads"
     )
-    export.add_argument("--job", required=True, help="job id")
+    export.add_argument("--job", required=True, help="job id (or a unique start of one)")
     export.add_argument("--round", type=int, default=None, help="round (default: the newest)")
     export.add_argument("--out", required=True, help="directory to write the files into")
     _add_server_options(export)
@@ -254,10 +177,41 @@ def _lazy_handler(module: str, name: str) -> Callable[[argparse.Namespace], int]
     return handler
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: ...; see flaas job --help``), no usage dump.
+
+    Subcommand parsers are made by ``add_parser`` with the parent's class, so all share it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an expected failure prints one ``error: ...`` line, exit status 1.
+
+    Expected: the coordinator unreachable, a 4xx with its detail, a missing or unreadable
+    file, a bad value, a missing extra. Anything else is a bug and keeps its traceback."""
+    from client_sdk.cli_errors import error_sentence, one_line
+
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        text = one_line(exc.code)
+        print(text if text.startswith("error:") else f"error: {text}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        sentence = error_sentence(exc)
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -202,3 +202,46 @@ def test_client_join_checks_token_model_and_data_before_importing_torch(tmp_path
             assert http.get(f"/api/v1/jobs/{job['id']}/clients").json()["total"] == 0
     finally:
         live.stop()
+
+
+def test_job_cancel_watch_and_id_prefixes(tmp_path: Path) -> None:
+    live = LiveCoordinator(f"sqlite:///{tmp_path / 'cli.db'}", tmp_path)
+    live.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLAAS_")}
+        env.update(FLAAS_SERVER=live.url, FLAAS_OPERATOR_KEYS=f"{OPERATOR_KEY},another-key")
+        with live.operator() as http:
+            ids = [http.post("/api/v1/jobs", json=job_spec()).json()["id"] for _ in range(3)]
+        # The shortest start of the first id that no other id shares (ambiguous starts are
+        # tested in tests/test_cli_errors.py, where the ids are chosen).
+        unique = next(
+            ids[0][:n] for n in range(1, 37) if not any(i.startswith(ids[0][:n]) for i in ids[1:])
+        )
+        shown = flaas("job", "show", unique, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["id"] == ids[0]
+        unknown = flaas("job", "show", "ffffffff-ffff", env=env)
+        if not any(i.startswith("ffffffff-ffff") for i in ids):
+            assert unknown.returncode == 1
+            assert unknown.stderr.startswith("error: no job id starts with 'ffffffff-ffff'")
+
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "job", "watch", unique],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # the watcher has seen the job enrolling
+        cancelled = flaas("job", "cancel", unique, env=env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert f"job {ids[0]} cancelled" in cancelled.stdout
+        out, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 1, err  # the job ended, but not finished
+        assert "enrolling  enrolment open" in out and "cancelled  round 0/2" in out
+        assert out.strip().endswith(f"job {ids[0]} cancelled: cancelled by an operator")
+        again = flaas("job", "cancel", ids[0], env=env)
+        assert again.returncode == 1 and again.stderr.startswith("error: 409: ")
+        assert len(again.stderr.strip().splitlines()) == 1
+    finally:
+        live.stop()
