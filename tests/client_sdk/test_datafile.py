@@ -39,9 +39,22 @@ def test_bad_files_are_explained(tmp_path: Path) -> None:
     np.savez(tmp_path / "b.npz", X=np.zeros((3, 64)), y=np.array([0, 1, 12]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         read_arrays(tmp_path / "b.npz", 10)
-    np.savez(tmp_path / "e.npz", X=np.full((3, 64), 16.0), y=np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+    pixels = np.full((3, 64), 16.0)
+    pixels[0, 0] = 2.0
+    np.savez(tmp_path / "e.npz", X=pixels, y=np.array([0, 1, 2]))
+    with pytest.raises(ValueError) as raw:
         read_arrays(tmp_path / "e.npz", 10)
+    message = str(raw.value)  # the file, the range found and the range wanted
+    assert message.startswith(f"{tmp_path / 'e.npz'}: X holds values in [2, 16];")
+    assert "features in [0, 1]" in message
+    ok = np.full((3, 64), 0.5)
+    np.savez(tmp_path / "v.npz", X=ok, y=np.array([0, 1, 2]), X_val=ok - 1, y_val=np.zeros(3))
+    with pytest.raises(ValueError, match=r"X_val holds values in \[-0.5, -0.5\]"):
+        read_arrays(tmp_path / "v.npz", 10)
+    ok[1, 1] = np.nan
+    np.savez(tmp_path / "n.npz", X=ok, y=np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="n.npz: X holds NaN or infinite values"):
+        read_arrays(tmp_path / "n.npz", 10)
     (tmp_path / "c.txt").write_text("x")
     with pytest.raises(ValueError, match=".npz files"):
         read_training_data(tmp_path / "c.txt", None, DIGITS)
