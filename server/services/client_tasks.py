@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.db.models import Client, ClientUpdate, Job, JobStatus, Round, RoundStatus, UpdateStatus
+from server.db.models import (
+    Client,
+    ClientUpdate,
+    Job,
+    JobStatus,
+    Round,
+    RoundStatus,
+    UpdateStatus,
+    utcnow,
+)
 from server.schemas.api import ClientTask, FinishedTask, TrainTask, WaitTask
 from server.services.strategies import client_alpha, parts, spec_of, strategy_for
 
@@ -13,12 +24,39 @@ ENROLMENT_POLL_S = 2.0
 ROUND_POLL_S = 1.0
 
 
+def _clock(at: datetime, now: datetime) -> str:
+    return f"{at:%H:%M:%S} UTC" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def enrolment_reason(session: Session, job: Job, now: datetime | None = None) -> str:
+    """What a client waiting for enrolment to close is told: how many have enrolled, how many
+    the job needs, and until when (the job starts at once when its target is reached, at the
+    deadline with at least the minimum, and fails at the deadline with fewer)."""
+    enrolment = spec_of(job).enrolment
+    enrolled = (
+        session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
+    )
+    until = _clock(job.enrolment_deadline_at, now or utcnow())
+    target = enrolment.target_clients
+    if enrolled < enrolment.min_clients:
+        early = f"; it starts at once with {target}" if target else ""
+        return (
+            f"enrolment is open: {enrolled} of {enrolment.min_clients} clients needed have "
+            f"enrolled, until {until}{early}"
+        )
+    early = f", or as soon as {target} have enrolled" if target else ""
+    return (
+        f"enrolment is open: {enrolled} clients have enrolled ({enrolment.min_clients} needed); "
+        f"the job starts at {until}{early}"
+    )
+
+
 def next_task(session: Session, client: Client) -> ClientTask:
     job = session.get_one(Job, client.job_id)
     if JobStatus(job.status).ended:
         return FinishedTask(status=job.status, reason=job.failure_reason)
     if job.status == JobStatus.ENROLLING:
-        return WaitTask(retry_after=ENROLMENT_POLL_S, reason="enrolment is still open")
+        return WaitTask(retry_after=ENROLMENT_POLL_S, reason=enrolment_reason(session, job))
     rnd = session.scalar(
         select(Round).where(Round.job_id == job.id, Round.number == job.current_round)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -121,6 +122,25 @@ def test_enrolled_client_waits_until_enrolment_closes(api: TestClient) -> None:
     assert enrolled["rank"] is None
     task = api.get("/api/v1/clients/me/task", headers=bearer(enrolled["credential"])).json()
     assert task["action"] == "wait" and task["retry_after"] > 0
+    # The waiting client is told the count, the minimum, the target and the deadline.
+    deadline = datetime.fromisoformat(pending["enrolment_deadline_at"]).astimezone(UTC)
+    until = f"{deadline:%H:%M:%S} UTC"
+    if deadline.date() != datetime.now(UTC).date():
+        until = f"{deadline:%Y-%m-%d} {until}"
+    assert task["reason"] == (
+        f"enrolment is open: 1 of 2 clients needed have enrolled, until {until}; "
+        "it starts at once with 3"
+    )
+    api.post(
+        f"/api/v1/jobs/{pending['id']}/clients",
+        json={"stats": {"n_samples": 7}},
+        headers=bearer(pending["join_token"]),
+    ).raise_for_status()
+    task = api.get("/api/v1/clients/me/task", headers=bearer(enrolled["credential"])).json()
+    assert task["reason"] == (
+        f"enrolment is open: 2 clients have enrolled (2 needed); the job starts at {until}, "
+        "or as soon as 3 have enrolled"
+    )
 
 
 def enrol(api: TestClient, job: dict, name: str | None, n: int = 20) -> Any:
