@@ -13,7 +13,8 @@ from typing import Any
 
 def one_line(text: str) -> str:
     """``text`` with its lines joined by ``; `` (a message printed as one line)."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    parts = (part.strip().rstrip(";").strip() for part in str(text).splitlines())
+    return "; ".join(part for part in parts if part)
 
 
 def _validation_sentence(exc: Any) -> str:
@@ -21,9 +22,10 @@ def _validation_sentence(exc: Any) -> str:
     if not errors:
         return one_line(str(exc))
     first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or exc.title
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid {exc.title}: {where}: {first.get('msg', 'invalid value')}{more}"
+    return one_line(f"invalid {exc.title}: {where + ': ' if where else ''}{message}{more}")
 
 
 def error_sentence(exc: BaseException) -> str | None:

@@ -138,3 +138,41 @@ def test_every_environment_variable_the_code_reads_is_in_the_readme_table() -> N
     assert {"FLAAS_SERVER", "FLAAS_OPERATOR_KEY", "FLAAS_DATABASE_URL"} <= read  # the grep works
     missing = sorted(read - _readme_table_variables())
     assert not missing, f"not in the README's environment table: {missing}"
+
+
+def test_error_sentences_of_the_expected_kinds() -> None:
+    import httpx
+    from pydantic import ValidationError
+
+    from client_sdk.api import Unauthorized, Unavailable
+    from client_sdk.cli_errors import error_sentence
+
+    with pytest.raises(ValidationError) as invalid:
+        Settings(request_threads="abc")  # type: ignore[arg-type]
+    assert error_sentence(invalid.value) == (
+        "invalid Settings: request_threads: Input should be a valid integer, unable to parse "
+        "string as an integer"
+    )
+    with pytest.raises(ValidationError) as refused:
+        Settings(environment="production")
+    assert error_sentence(refused.value) == (
+        "invalid Settings: the development operator key is refused outside development: "
+        "set FLAAS_OPERATOR_KEYS to your own secret(s)"
+    )
+    assert error_sentence(Unauthorized(401, "invalid join token", "GET", "/x")) == (
+        "401: invalid join token"
+    )
+    assert error_sentence(Unavailable("GET x failed 3 times;\nlast: refused")) == (
+        "the coordinator could not be reached: GET x failed 3 times; last: refused"
+    )
+    request = httpx.Request("GET", "http://127.0.0.1:9/x")
+    assert error_sentence(httpx.ConnectError("refused", request=request)) == (
+        "cannot reach http://127.0.0.1:9/x: refused"
+    )
+    assert error_sentence(FileNotFoundError(2, "No such file or directory", "a.npz")) == (
+        "a.npz: No such file or directory"
+    )
+    assert error_sentence(ModuleNotFoundError("no torch", name="torch")).startswith(
+        "torch is not installed"
+    )
+    assert error_sentence(RuntimeError("a bug")) is None  # keeps its traceback
