@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "interrupt and re-run: progress is kept in --state-dir.",
     )
     join.add_argument("--server", default=os.environ.get("FLAAS_SERVER"), required=False)
-    join.add_argument("--job", required=True, help="the job id")
+    join.add_argument("--job", required=True, help="the full job id")
     join.add_argument(
         "--token", default=os.environ.get("FLAAS_JOIN_TOKEN"), help="the job's join token"
     )

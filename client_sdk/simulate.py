@@ -200,7 +200,7 @@ def run_simulation(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``flaas simulate`` options."""
     parser.add_argument("--server", required=True, help="coordinator base URL")
-    parser.add_argument("--job", required=True, help="job id")
+    parser.add_argument("--job", required=True, help="the full job id")
     parser.add_argument("--token", required=True, help="the job's join token")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--task", default="digits", help="built-in task: digits, mnist, trec")
