@@ -24,6 +24,7 @@ from client_sdk.cli_errors import one_line
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PAGE = 100  # jobs per request when resolving a prefix (within any FLAAS_MAX_PAGE_SIZE)
 BAR_WIDTH = 30
+# JobStatus.ended, spelled out: the CLI must not import the database layer (tested equal).
 ENDED = frozenset({"finished", "cancelled", "failed"})
 
 

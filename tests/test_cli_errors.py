@@ -103,6 +103,13 @@ def test_job_id_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:
         assert said in str(refused.value.code)
 
 
+def test_watch_ends_on_the_statuses_the_coordinator_ends_on() -> None:
+    from server.cli_jobs import ENDED
+    from server.db.models import JobStatus
+
+    assert {status.value for status in JobStatus if status.ended} == ENDED
+
+
 def test_progress_line_bar() -> None:
     event = {"status": "running", "current_round": 3, "total_rounds": 10}
     line = progress_line({**event, "round_status": "open", "accepted": 2})
