@@ -78,7 +78,8 @@ def pretrained_base(
         recipe["epochs"] = epochs
     config = {**config, "pretrain": recipe}
     x, y = _public_data(str(recipe["dataset"]))
-    path = (cache or cache_dir()) / "bases" / f"{_cache_key(config, x, y)}-torch{_torch()}.safetensors"
+    name = f"{_cache_key(config, x, y)}-torch{_torch()}.safetensors"
+    path = (cache or cache_dir()) / "bases" / name
     state = _read(path, _shapes(config))
     if state is not None:
         return PretrainedBase(state, path, built=False)

@@ -57,9 +57,7 @@ def split_indices(y: np.ndarray, seed: int = 0) -> SplitIndices:
     from sklearn.model_selection import train_test_split
 
     def cut(idx: np.ndarray, fraction: float, at: int) -> tuple[np.ndarray, np.ndarray]:
-        kept, held = train_test_split(
-            idx, test_size=fraction, stratify=y[idx], random_state=at
-        )
+        kept, held = train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=at)
         return np.asarray(kept, dtype=np.int64), np.asarray(held, dtype=np.int64)
 
     every = np.arange(len(y), dtype=np.int64)

@@ -127,11 +127,12 @@ def test_the_random_sources_keep_their_identity_and_weights() -> None:
         if sha is not None:
             assert location.config_sha256.startswith(sha)
         spec = ModelSpec(source=f"flaas:{name}", task_type="SEQ_CLS")
-        reference = seeded_init(lambda d=d_in, h=hidden: MLP(d, h, 10), 0)  # type: ignore[misc]
+        reference = seeded_init(lambda d=d_in, h=hidden: MLP(d, h, 10), 0)
         assert _same(build_base(spec).state_dict(), reference.state_dict())
-    assert locate_model("flaas:digits").config_sha256 != locate_model(
-        "flaas:digits-random"
-    ).config_sha256
+    assert (
+        locate_model("flaas:digits").config_sha256
+        != locate_model("flaas:digits-random").config_sha256
+    )
 
 
 def test_the_pretrained_source_is_the_cached_base_with_a_fresh_head() -> None:
@@ -143,7 +144,8 @@ def test_the_pretrained_source_is_the_cached_base_with_a_fresh_head() -> None:
     random = seeded_init(lambda: MLP(64, 128, 10), 0).state_dict()
     assert not torch.equal(state["fc1.weight"], random["fc1.weight"])
     head = seeded_init(lambda: torch.nn.Linear(128, 10), 0)
-    assert torch.equal(state["fc3.weight"], head.weight) and torch.equal(state["fc3.bias"], head.bias)
+    assert torch.equal(state["fc3.weight"], head.weight)
+    assert torch.equal(state["fc3.bias"], head.bias)
 
 
 def test_the_pretrained_base_beats_the_random_one_head_only() -> None:
