@@ -165,3 +165,18 @@ def test_the_pretrained_base_beats_the_random_one_head_only() -> None:
         probe = LogisticRegression(max_iter=2000).fit(features(data.x_train), data.y_train)
         scores[name] = probe.score(features(data.x_test), data.y_test)
     assert scores["digits"] > scores["digits-random"], scores
+
+
+def test_one_list_of_builtin_sources() -> None:
+    from client_sdk.model_spec import BUILTIN_SOURCES, ModelNotFound
+
+    assert BUILTIN_SOURCES == (
+        "flaas:digits, flaas:digits-random, flaas:mnist, flaas:mnist-random, flaas:mnist-rbla"
+    )
+    with pytest.raises(ValueError, match="built-in models: flaas:digits, .*flaas:mnist-rbla"):
+        ModelSpec(source="flaas:nope", task_type="SEQ_CLS")
+    with pytest.raises(ModelNotFound, match="flaas:mnist-rbla"):
+        locate_model("flaas:nope")
+    assert "flaas:mnist-rbla" in (ModelSpec.model_fields["source"].description or "")
+    for name in BUILTIN_CONFIGS:  # every one is a valid job model
+        ModelSpec(source=f"flaas:{name}", task_type="SEQ_CLS")
