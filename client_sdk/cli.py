@@ -18,7 +18,8 @@ DATA_HELP = (
     'your data. For a Hugging Face causal LM: .jsonl lines of {"prompt": ..., '
     '"completion": ...} or {"text": ...}; for a classifier: .csv with the header '
     'text,label or .jsonl lines of {"text": ..., "label": ...} (label = class name or '
-    "index); for the built-in flaas:digits / flaas:mnist models: .npz with arrays X (one row "
+    "index); for the built-in flaas:* models (flaas:digits, flaas:mnist, ...): .npz with arrays "
+    "X (one row "
     "per sample, values in [0, 1]) and y (class indices), optionally X_val / y_val"
 )
 

@@ -9,8 +9,11 @@ A model is one of:
 * a **Hugging Face model**: a local directory holding ``config.json`` (what
   ``save_pretrained`` writes), or a hub id such as ``Qwen/Qwen2.5-0.5B`` found in the local
   Hugging Face cache (nothing is downloaded: fetch it first with ``huggingface-cli download``);
-* a **built-in demo model**, ``flaas:digits`` or ``flaas:mnist``: a small MLP whose "config" is
-  the dictionary in :data:`BUILTIN_CONFIGS` (its frozen base is initialised from ``init_seed``).
+* a **built-in demo model** (:data:`BUILTIN_CONFIGS`: ``flaas:digits``, ``flaas:mnist``, their
+  ``-random`` twins and ``flaas:mnist-rbla``): a small MLP whose "config" is a dictionary here.
+  A config with a ``pretrain`` recipe names a base pretrained on its dataset's public split and
+  cached (client_sdk.bases); one without it is a frozen random base drawn from
+  :data:`BUILTIN_INIT_SEED`.
 
 Its identity is the SHA-256 of its config, canonicalised (sorted keys, without the fields that
 name where or with which library version it was saved), so two copies of one model in different
@@ -20,6 +23,7 @@ layer more is not.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -34,11 +38,43 @@ BUILTIN_PREFIX = "flaas:"
 ALL_LINEAR = "all-linear"
 TaskType = Literal["CAUSAL_LM", "SEQ_CLS"]
 
-#: The built-in demo models: an MLP ``d_in -> hidden -> hidden -> num_labels`` (fc1, fc2, fc3).
-BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
-    "digits": {"model_type": "flaas-mlp", "d_in": 64, "hidden": 128, "num_labels": 10},
-    "mnist": {"model_type": "flaas-mlp", "d_in": 784, "hidden": 128, "num_labels": 10},
+#: How a built-in base is pretrained (client_sdk.bases): on the dataset's public split, with
+#: labels swapped in pairs (0<->1, 2<->3, ...: the features are useful, the head is not the
+#: answer), then the head is replaced by a fresh one drawn from ``head_seed``. Part of the
+#: config, so part of the model's identity.
+PRETRAIN_RECIPE: dict[str, Any] = {
+    "split": "public-16%",
+    "relabel": "swap-pairs",
+    "epochs": 10,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "batch_size": 32,
+    "seed": 0,
+    "head_seed": 0,
 }
+
+
+def _mlp(d_in: int, hidden: int, pretrain_on: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model_type": "flaas-mlp", "d_in": d_in, "hidden": hidden, "num_labels": 10
+    }  # fmt: skip
+    if pretrain_on is not None:
+        config["pretrain"] = {"dataset": pretrain_on, **PRETRAIN_RECIPE}
+    return config
+
+
+#: The built-in demo models, the one list of them: an MLP ``d_in -> hidden -> hidden ->
+#: num_labels`` (fc1, fc2, fc3). The random bases keep the configs (and so the identities) the
+#: built-in models had before the pretrained bases.
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "digits": _mlp(64, 128, pretrain_on="digits"),
+    "digits-random": _mlp(64, 128),
+    "mnist": _mlp(784, 128, pretrain_on="mnist"),
+    "mnist-random": _mlp(784, 128),
+    "mnist-rbla": _mlp(784, 200),  # the RBLA paper's MLP 784-200-200-10
+}
+#: ``flaas:digits, flaas:digits-random, ...``: for help texts and error messages.
+BUILTIN_SOURCES = ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_CONFIGS)
 #: Seed of every built-in model's frozen base: every device and the coordinator build the same.
 BUILTIN_INIT_SEED = 0
 
@@ -61,7 +97,7 @@ class ModelSpec(BaseModel):
         min_length=1,
         max_length=500,
         description="A local directory with config.json, a Hugging Face model id in the local "
-        "cache, or a built-in demo model (flaas:digits, flaas:mnist).",
+        f"cache, or a built-in demo model ({BUILTIN_SOURCES}).",
     )
     revision: str | None = Field(
         default=None, max_length=200, description="Hub revision (branch, tag or commit)."
@@ -117,8 +153,7 @@ class ModelSpec(BaseModel):
             name = self.source.removeprefix(BUILTIN_PREFIX)
             if name not in BUILTIN_CONFIGS:
                 raise ValueError(
-                    f"unknown built-in model {self.source!r}; built-in models: "
-                    f"{', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_CONFIGS))}"
+                    f"unknown built-in model {self.source!r}; built-in models: {BUILTIN_SOURCES}"
                 )
             if self.task_type != "SEQ_CLS":
                 raise ValueError(f"{self.source} is a classifier: task_type must be SEQ_CLS")
@@ -185,10 +220,9 @@ def locate_model(source: str, revision: str | None = None) -> ModelLocation:
         name = source.removeprefix(BUILTIN_PREFIX)
         if name not in BUILTIN_CONFIGS:
             raise ModelNotFound(
-                f"unknown built-in model {source!r}; built-in models: "
-                f"{', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_CONFIGS))}"
+                f"unknown built-in model {source!r}; built-in models: {BUILTIN_SOURCES}"
             )
-        return ModelLocation(source, None, name, dict(BUILTIN_CONFIGS[name]))
+        return ModelLocation(source, None, name, copy.deepcopy(BUILTIN_CONFIGS[name]))
     path = Path(source).expanduser()
     if path.is_dir():
         return _read_dir(source, path)

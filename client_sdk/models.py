@@ -68,7 +68,13 @@ def _build(
             mlp = seeded_init(
                 lambda: MLP(cfg["d_in"], cfg["hidden"], cfg["num_labels"]), BUILTIN_INIT_SEED
             )
-        return mlp.eval() if not weights else mlp.to(device).eval()
+        if not weights:
+            return mlp.eval()
+        if "pretrain" in cfg:  # pretrained on the public split, read from the cache
+            from client_sdk.bases import pretrained_base
+
+            mlp.load_state_dict(pretrained_base(cfg).state)
+        return mlp.to(device).eval()
     import transformers
 
     auto = (

@@ -203,7 +203,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", required=True, help="the full job id")
     parser.add_argument("--token", required=True, help="the job's join token")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--task", default="digits", help="built-in task: digits, mnist, trec")
+    parser.add_argument(
+        "--task",
+        default="digits",
+        help="a built-in task: digits, mnist (pretrained bases), digits-random, mnist-random, "
+        "mnist-rbla (random bases) or trec",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
     parser.add_argument(
         "--quantity-skew", type=float, default=None, help="log-normal sigma of client sizes"

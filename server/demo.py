@@ -286,7 +286,12 @@ def _summary(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``flaas demo`` options."""
-    parser.add_argument("--task", default=DEFAULTS["task"], help="digits, mnist or trec")
+    parser.add_argument(
+        "--task",
+        default=DEFAULTS["task"],
+        help="a built-in task: digits, mnist (pretrained bases), digits-random, mnist-random, "
+        "mnist-rbla (random bases) or trec",
+    )
     parser.add_argument("--strategy", default=DEFAULTS["strategy"], help="rbla, fedsa, ...")
     parser.add_argument("--clients", type=int, default=DEFAULTS["clients"])
     parser.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])

@@ -5,12 +5,21 @@ In CI (``CI=true``) an unreachable PostgreSQL is a failure, never a skip.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The pretrained built-in bases are cached per test session (and by the processes it starts),
+# never in the user's ~/.flaas/cache.
+if "FLAAS_CACHE_DIR" not in os.environ:
+    os.environ["FLAAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="flaas-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FLAAS_CACHE_DIR"], ignore_errors=True)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "FLAAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

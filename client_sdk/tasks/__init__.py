@@ -15,7 +15,10 @@ __all__ = ["MLP", "Task", "TaskData", "available_tasks", "get_task"]
 # name -> (module, class); imported lazily.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "digits": ("client_sdk.tasks.vision", "DigitsTask"),
+    "digits-random": ("client_sdk.tasks.vision", "RandomDigitsTask"),
     "mnist": ("client_sdk.tasks.vision", "MnistTask"),
+    "mnist-random": ("client_sdk.tasks.vision", "RandomMnistTask"),
+    "mnist-rbla": ("client_sdk.tasks.vision", "RblaMnistTask"),
     "trec": ("client_sdk.tasks.trec", "TrecTask"),
 }
 

