@@ -4,8 +4,8 @@ There is no session dependency on purpose. A sync generator dependency opens its
 on one request thread and commits it on another, after the route has returned to the event
 loop and its response has been validated on a third: a transaction holding a row lock then
 waits for a thread while the threads wait for its lock (issue 13). A route opens its own
-``session_scope(runtime.sessions)`` instead, so the transaction begins and commits inside the
-route's one thread hand-off (README, "Concurrency model").
+``session_scope(runtime.sessions)`` (or, to read, ``read_scope``) instead, so the transaction
+begins and ends inside the route's one thread hand-off (README, "Concurrency model").
 
 Dependencies that do no I/O are ``async``: they run on the event loop and take no request
 thread, so a saturated thread budget does not delay them (nor ``/readyz``, which needs one).
