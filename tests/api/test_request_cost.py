@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, update
 
 from server.db.models import Client, utcnow
+from server.services import scheduler
 from tests.api.conftest import RunningJob, start_job
 from tests.support import adapter_bytes, bearer, coordinator, operator, settings_for
 
@@ -179,3 +180,14 @@ def test_a_refused_upload_still_marks_the_client_seen(api: TestClient, costs: Co
     costs.reset()
     api.get("/api/v1/clients/me/task", headers=bearer(running.clients[index]["credential"]))
     assert costs.last_seen_writes == 0
+
+
+def test_an_idle_scheduler_tick_commits_nothing(api: TestClient, costs: Costs) -> None:
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
+    start_job(api)
+    costs.reset()
+    assert not scheduler.run_periodic_check(runtime, utcnow())  # round 1 open, deadline ahead
+    assert costs.commits == 0
+    # Past the round's deadline there is work: one write transaction.
+    assert scheduler.run_periodic_check(runtime, utcnow() + timedelta(seconds=301))
+    assert costs.commits == 1
