@@ -7,6 +7,7 @@ marks the client seen.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from server.api.deps import CurrentClient, RuntimeDep, UploadTargetDep, mark_seen_now
@@ -82,8 +84,10 @@ async def upload_update(
         )
     except DomainError:
         # Refused without a transaction of its own (a bad header, a body over the limit) or
-        # in one that rolled back (409, 410): the client was seen all the same.
-        await run_in_threadpool(mark_seen_now, runtime, target.client)
+        # in one that rolled back (409, 410): the client was seen all the same. Best effort:
+        # the refusal is the answer, not a database error while marking.
+        with contextlib.suppress(SQLAlchemyError):
+            await run_in_threadpool(mark_seen_now, runtime, target.client)
         raise
 
 
