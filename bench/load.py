@@ -10,10 +10,11 @@ task (httpx) that does what the SDK does, without training: long-poll its task
 update again as a retry (answered 200). At most C clients download or upload at once (the
 concurrency); waiting task requests are outside that bound, as on a real fleet.
 
-It reports the errors (any answer but the expected one; 503s counted apart, as they are
-retried), an exactly-once check (per round: the clients answered 201 are the round's accepted
-updates, each once, and the global adapter counts their updates and samples), the
-coordinator's peak RSS, the p50 / p99 / max latency per request type and the latency of
+It reports the errors (any answer but the expected one, or a request given up after 5
+attempts; 503s and transport errors are retried, as the SDK does, and counted apart), an
+exactly-once check (per round: the clients answered 201 are the round's accepted updates, each
+once, and the global adapter counts their updates and samples), the coordinator's peak RSS,
+the p50 / p99 / max latency per request type and the latency of
 ``/healthz`` probed every 50 ms during the load. Client-side latencies include this process's
 own scheduling: it shares the machine with the coordinator.
 """
@@ -56,6 +57,8 @@ class Record:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     shed: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # 503s, retried
+    # transport errors (a reset or closed keep-alive connection), retried
+    transport: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # round number -> client index -> n_samples of each 201 answer
     accepted: dict[int, dict[int, list[int]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
@@ -75,7 +78,7 @@ async def request(
         try:
             response = await http.request(method, url, **kw)
         except httpx.TransportError as exc:
-            record.error(kind, type(exc).__name__)
+            record.transport[f"{kind} {type(exc).__name__}"] += 1
             await asyncio.sleep(0.5 * (attempt + 1))
             continue
         record.latencies[kind].append(time.perf_counter() - started)
@@ -287,6 +290,11 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
     print(f"errors: {errors}" + "".join(f"\n  {n} x {what}" for what, n in record.errors.items()))
     if record.shed:
         print("503 (retried): " + ", ".join(f"{k} {n}" for k, n in record.shed.items()))
+    if record.transport:
+        print(
+            "transport errors (retried): "
+            + ", ".join(f"{k} {n}" for k, n in record.transport.items())
+        )
     print(f"identical retries answered 200: {record.retries_ok}")
     print("exactly-once: " + ("OK" if not problems else "FAILED\n  " + "\n  ".join(problems)))
     print(f"coordinator peak RSS: {rss:.0f} MB")
