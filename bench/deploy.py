@@ -139,6 +139,12 @@ class Deployment:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmHWM in /proc (not Linux?)")
 
+    def coordinator_cpu_s(self) -> float:
+        """CPU seconds (user + system) the coordinator process has used so far: unlike
+        latencies, barely moved by other work on the machine."""
+        fields = Path(f"/proc/{self.coordinator.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 @contextmanager
 def deployment(

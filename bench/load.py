@@ -14,7 +14,8 @@ It reports the errors (any answer but the expected one, or a request given up af
 attempts; 503s and transport errors are retried, as the SDK does, and counted apart), an
 exactly-once check (per round: the clients answered 201 are the round's accepted updates, each
 once, and the global adapter counts their updates and samples), the coordinator's peak RSS,
-the p50 / p99 / max latency per request type and the latency of
+its CPU time (which other work on the machine barely moves, unlike latencies), the p50 /
+p99 / max latency per request type and the latency of
 ``/healthz`` probed every 50 ms during the load. Client-side latencies include this process's
 own scheduling: it shares the machine with the coordinator.
 """
@@ -254,6 +255,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         enrol_s = time.perf_counter() - t0
         print(f"  enrolled {args.clients} clients in {enrol_s:.1f} s", file=sys.stderr, flush=True)
         transfers = asyncio.Semaphore(args.concurrency)
+        cpu0 = deployed.coordinator_cpu_s()
         t1 = time.perf_counter()
         await asyncio.gather(
             *(
@@ -262,6 +264,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
             )
         )
         rounds_s = time.perf_counter() - t1
+        rounds_cpu_s = deployed.coordinator_cpu_s() - cpu0
         stop.set()
         await prober
         status = (await http.get(f"/api/v1/jobs/{job['id']}", headers=OPERATOR)).json()
@@ -298,6 +301,12 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
     print(f"identical retries answered 200: {record.retries_ok}")
     print("exactly-once: " + ("OK" if not problems else "FAILED\n  " + "\n  ".join(problems)))
     print(f"coordinator peak RSS: {rss:.0f} MB")
+    requests = sum(len(record.latencies[k]) for k in ("task", "adapter", "upload", "retry"))
+    print(
+        f"coordinator CPU during the rounds: {rounds_cpu_s:.1f} s for {requests} requests "
+        f"({1e3 * rounds_cpu_s / max(1, requests):.1f} ms per request); enrolment "
+        f"{cpu0:.1f} s including start-up"
+    )
     print(f"\n{'request':10} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind in ("enrol", "task", "adapter", "upload", "retry"):
         values = record.latencies.get(kind, [])
