@@ -92,6 +92,22 @@ async def request(
 
 
 async def run_client(
+    url: str,
+    record: Record,
+    transfers: asyncio.Semaphore,
+    index: int,
+    credential: str,
+    args: argparse.Namespace,
+) -> None:
+    # A connection of its own, as a device has (one shared pool of N connections would cost
+    # this process a scan of the pool per request).
+    async with httpx.AsyncClient(
+        base_url=url, timeout=httpx.Timeout(args.wait + 120), limits=httpx.Limits(max_connections=1)
+    ) as http:
+        await _client_loop(http, record, transfers, index, credential, args)
+
+
+async def _client_loop(
     http: httpx.AsyncClient,
     record: Record,
     transfers: asyncio.Semaphore,
@@ -239,11 +255,8 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
 
 async def run(deployed: Deployment, args: argparse.Namespace) -> int:
     record = Record()
-    limits = httpx.Limits(
-        max_connections=args.clients + args.concurrency + 10,
-        max_keepalive_connections=args.clients + args.concurrency + 10,
-    )
-    timeout = httpx.Timeout(args.wait + 120)
+    limits = httpx.Limits(max_connections=args.concurrency + 10)
+    timeout = httpx.Timeout(120)
     async with httpx.AsyncClient(base_url=deployed.url, timeout=timeout, limits=limits) as http:
         spec = job_spec(f"load-{args.clients}", args.clients, args.rounds)
         job = (await http.post("/api/v1/jobs", json=spec, headers=OPERATOR)).json()
@@ -259,7 +272,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         await asyncio.gather(
             *(
-                run_client(http, record, transfers, i, credential, args)
+                run_client(deployed.url, record, transfers, i, credential, args)
                 for i, credential in enumerate(credentials)
             )
         )
