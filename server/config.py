@@ -92,6 +92,15 @@ class Settings(BaseSettings):
         "connection and a little memory, never a thread or a database connection).",
     )
 
+    last_seen_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="A client's last-seen time is written at most this often (a conditional "
+        "UPDATE on the first request after it passed), so that authenticated requests cost no "
+        "write; 0 writes it on every request. Last-seen times are this precise.",
+    )
+
     # Limits: every resource has one.
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
     max_header_bytes: int = Field(default=1024**2, ge=1024)

@@ -77,8 +77,7 @@ class EmbeddedWorker:
         interval = self._runtime.settings.scheduler_interval_s
         while not self._stop.wait(interval):
             try:
-                with session_scope(self._runtime.sessions) as session:
-                    scheduler.periodic_check(session, self._runtime, utcnow())
+                scheduler.run_periodic_check(self._runtime, utcnow())
             except Exception:
                 log.exception("deadline check failed; retrying in %.1f s", interval)
 

@@ -4,8 +4,8 @@ There is no session dependency on purpose. A sync generator dependency opens its
 on one request thread and commits it on another, after the route has returned to the event
 loop and its response has been validated on a third: a transaction holding a row lock then
 waits for a thread while the threads wait for its lock (issue 13). A route opens its own
-``session_scope(runtime.sessions)`` instead, so the transaction begins and commits inside the
-route's one thread hand-off (README, "Concurrency model").
+``session_scope(runtime.sessions)`` (or, to read, ``read_scope``) instead, so the transaction
+begins and ends inside the route's one thread hand-off (README, "Concurrency model").
 
 Dependencies that do no I/O are ``async``: they run on the event loop and take no request
 thread, so a saturated thread budget does not delay them (nor ``/readyz``, which needs one).
@@ -13,6 +13,7 @@ thread, so a saturated thread budget does not delay them (nor ``/readyz``, which
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,12 +21,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
 from server.dashboard.auth import session_is_valid
-from server.db.models import Client
-from server.db.session import session_scope
-from server.errors import Unauthorized
+from server.db.models import Client, utcnow
+from server.db.session import read_scope, session_scope
+from server.errors import DomainError, Unauthorized
 from server.notify import Waiters
 from server.security import matches_any
-from server.services.enrolment import authenticate_client
+from server.services import uploads
+from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
 from server.services.runtime import Runtime
 
 bearer = HTTPBearer(
@@ -75,13 +77,45 @@ OperatorDep = Depends(require_operator)
 
 
 def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
-    """The authenticated client, loaded in a short transaction of its own (begun and
-    committed on this dependency's one request thread).
+    """The authenticated client, read in a short read-only transaction (begun and ended on
+    this dependency's one request thread), then marked seen (``mark_seen_now``).
 
     Streaming routes use it too, so no database connection is held while a body uploads.
     """
-    with session_scope(runtime.sessions) as session:
-        return authenticate_client(session, token)
+    with read_scope(runtime.sessions) as session:
+        client = authenticate_client(session, token)
+    mark_seen_now(runtime, client)
+    return client
 
 
 CurrentClient = Annotated[Client, Depends(get_current_client)]
+
+
+def mark_seen_now(runtime: Runtime, client: Client) -> None:
+    """Refresh the client's last-seen time if it is older than ``FLAAS_LAST_SEEN_INTERVAL_S``:
+    a write transaction at most once per interval, none otherwise."""
+    now, interval = utcnow(), runtime.settings.last_seen_interval_s
+    if seen_is_stale(client, now, interval):
+        with session_scope(runtime.sessions) as session:
+            mark_seen(session, client, now, interval)
+
+
+def get_upload_target(
+    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep
+) -> uploads.UploadTarget:
+    """The uploading client and where its update goes, read in one read-only transaction
+    before a byte of the body is read. It is marked seen by the transaction that accepts or
+    refuses the body (one commit per upload), or here when the upload is refused at once.
+    """
+    client: Client | None = None
+    try:
+        with read_scope(runtime.sessions) as session:
+            client = authenticate_client(session, token)
+            return uploads.prepare_upload(session, client, round_id)
+    except DomainError:
+        if client is not None:
+            mark_seen_now(runtime, client)
+        raise
+
+
+UploadTargetDep = Annotated[uploads.UploadTarget, Depends(get_upload_target)]

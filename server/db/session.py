@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from server.config import Settings
 # connect_timeout counts whole seconds and treats 1 as 2).
 PROBE_CONNECT_TIMEOUT_S = 2
 PROBE_STATEMENT_TIMEOUT_MS = 1000
+# SQLite waits this long for the write lock before answering SQLITE_BUSY (a 503).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Marks a read_scope's connections: SQLite begins them DEFERRED (no write lock).
+READ_ONLY_OPTION = "flaas_read_only"
 
 
 def normalise_database_url(url: str) -> str:
@@ -36,7 +41,8 @@ def make_engine(
     max_overflow: int = 20,
     pool_timeout_s: float = 30.0,
 ) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and its parent folder created.
+    """An engine for ``url``; SQLite gets its pragmas on every connection (``_sqlite_pragmas``:
+    WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys) and its parent folder created.
 
     The coordinator and the workers size the pool from their settings (``engine_for``).
     """
@@ -49,7 +55,10 @@ def make_engine(
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(pool)  # a file database gets a QueuePool; memory ones are static
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        }
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
@@ -98,13 +107,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode NORMAL syncs at checkpoints, not at every commit: a power loss may undo
+    # the last commits but never corrupts the file (an application crash loses nothing).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
 def _sqlite_begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read_scope never writes, so it begins DEFERRED: in WAL mode it then reads a snapshot
+    # without waiting for (or holding) the write lock.
+    if connection.get_execution_options().get(READ_ONLY_OPTION):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -123,6 +140,55 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+_read_binds: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _read_only_bind(engine: Engine) -> Engine:
+    """``engine`` with the read-only options (same pool): Postgres begins ``READ ONLY``
+    (psycopg puts it in its ``BEGIN``, no extra round trip), SQLite begins DEFERRED."""
+    bind = _read_binds.get(engine)
+    if bind is None:
+        options: dict[str, Any] = {READ_ONLY_OPTION: True}
+        if engine.dialect.name == "postgresql":
+            options["postgresql_readonly"] = True
+        bind = _read_binds[engine] = engine.execution_options(**options)
+    return bind
+
+
+@contextmanager
+def read_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reading only: it never commits (closing it ends the transaction).
+
+    Read requests (a task poll, an adapter download, a job's status) cost no commit: no
+    fsync, no write lock on SQLite. A write in it is a bug and raises (``ReadOnlySession``).
+    """
+    engine = factory.kw.get("bind")
+    session = factory(bind=_read_only_bind(engine)) if isinstance(engine, Engine) else factory()
+    session.info[READ_ONLY_OPTION] = True
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+class ReadOnlySession(RuntimeError):
+    """A write attempted in a ``read_scope`` session (a bug, never a client's fault)."""
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(READ_ONLY_OPTION):
+        raise ReadOnlySession("a read_scope session must not write: use session_scope")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_dml(state: Any) -> None:
+    if state.session.info.get(READ_ONLY_OPTION) and (
+        state.is_insert or state.is_update or state.is_delete
+    ):
+        raise ReadOnlySession("a read_scope session must not write: use session_scope")
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -88,7 +88,10 @@ class ClientOut(_FromRow):
     rank: int | None
     closeness: float | None
     enrolled_at: datetime
-    last_seen_at: datetime
+    last_seen_at: datetime = Field(
+        description="The client's last authenticated request, precise to "
+        "FLAAS_LAST_SEEN_INTERVAL_S (60 s by default): it is written at most that often."
+    )
     rounds_contributed: int = 0
 
 

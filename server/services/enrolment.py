@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db.models import Client, Job, JobStatus, utcnow
 from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
@@ -112,9 +114,33 @@ def job_model(session: Session, job_id: uuid.UUID, join_token: str) -> JobModel:
 
 
 def authenticate_client(session: Session, credential: str) -> Client:
-    """The client holding ``credential``; its last-seen time is refreshed."""
+    """The client holding ``credential`` (a read: ``mark_seen`` refreshes its last-seen time)."""
     client = session.scalar(select(Client).where(Client.credential_hash == hash_secret(credential)))
     if client is None:
         raise Unauthorized("invalid client credential")
-    client.last_seen_at = utcnow()
     return client
+
+
+def seen_is_stale(client: Client, now: datetime, interval_s: float) -> bool:
+    """Whether ``client``'s last-seen time is old enough to be written again."""
+    return client.last_seen_at <= now - timedelta(seconds=interval_s)
+
+
+def mark_seen(session: Session, client: Client, now: datetime, interval_s: float) -> bool:
+    """Set ``client.last_seen_at`` to ``now`` unless it was written in the last ``interval_s``.
+
+    A conditional UPDATE, so that last-seen costs a write at most once per interval per client
+    however many requests it makes, and two racing requests write it once. (The column is NOT
+    NULL: enrolment sets it.) True if the row changed; ``client`` (maybe detached) follows.
+    """
+    if not seen_is_stale(client, now, interval_s):
+        return False
+    result = session.execute(
+        update(Client)
+        .where(Client.id == client.id, Client.last_seen_at <= now - timedelta(seconds=interval_s))
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    # Not an attribute change: that would be flushed as a second UPDATE.
+    set_committed_value(client, "last_seen_at", now)
+    return result.rowcount == 1  # type: ignore[attr-defined]

@@ -10,17 +10,48 @@ import functools
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from server.db.models import Job, Round, RoundStatus
-from server.db.session import after_commit
+from server.db.models import Job, JobStatus, Round, RoundStatus
+from server.db.session import after_commit, read_scope, session_scope
 from server.services import rounds
 from server.services.runtime import Runtime
 from server.services.sharding import ensure_plan, shards_of
 from server.services.strategies import spec_of
 
 log = logging.getLogger(__name__)
+
+
+def run_periodic_check(rt: Runtime, now: datetime) -> bool:
+    """The scheduler's tick: a read-only look first, and a write transaction only when a
+    deadline has passed or a round is aggregating (most ticks, on an idle or a busy
+    coordinator, find nothing to do: they cost no commit and, on SQLite, no write lock).
+    True if it ran the check."""
+    with read_scope(rt.sessions) as session:
+        due = check_due(session, now)
+    if due:
+        with session_scope(rt.sessions) as session:
+            periodic_check(session, rt, now)
+    return due
+
+
+def check_due(session: Session, now: datetime) -> bool:
+    """Whether ``periodic_check`` may have anything to do: a passed enrolment or round
+    deadline, or a round aggregating (``redispatch_stale`` judges whether it is stale)."""
+    passed_enrolment = select(Job.id).where(
+        Job.status == JobStatus.ENROLLING, Job.enrolment_deadline_at <= now
+    )
+    passed_round = select(Round.id).where(
+        or_(
+            Round.status == RoundStatus.AGGREGATING,
+            (Round.status == RoundStatus.OPEN) & (Round.deadline_at <= now),
+        )
+    )
+    return (
+        session.scalar(passed_enrolment.limit(1)) is not None
+        or session.scalar(passed_round.limit(1)) is not None
+    )
 
 
 def periodic_check(session: Session, rt: Runtime, now: datetime) -> None:

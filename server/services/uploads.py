@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
 from server.services import rounds
+from server.services.enrolment import mark_seen
 from server.services.runtime import Runtime
 from server.services.strategies import upload_spec
 from server.storage import update_key
@@ -32,6 +33,7 @@ MAX_SAMPLES = 10**12
 class UploadTarget:
     """Where an upload goes and what it must contain; computed before the body is read."""
 
+    client: Client  # detached: read with the target, marked seen when the upload is settled
     update_id: uuid.UUID
     round_id: uuid.UUID
     round_number: int
@@ -54,6 +56,7 @@ def prepare_upload(session: Session, client: Client, round_id: uuid.UUID) -> Upl
         _require_open(rnd, update)
     job = session.get_one(Job, rnd.job_id)
     return UploadTarget(
+        client=client,
         update_id=update.id,
         round_id=rnd.id,
         round_number=rnd.number,
@@ -99,7 +102,8 @@ class ReceivedUpdate:
 def accept_update(
     session: Session, rt: Runtime, target: UploadTarget, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
-    """Store a validated upload and count it; returns (update, created).
+    """Store a validated upload, count it and mark its client seen, in one transaction (the
+    upload's one commit); returns (update, created).
 
     The round row is locked for update: it cannot start aggregating between the status
     check and the acceptance, and two last uploads cannot each miss the other when they
@@ -111,10 +115,13 @@ def accept_update(
     key = update_key(target.job_id, target.round_number, target.client_id, received.sha256)
     rt.store.put_file(key, received.staged)
     try:
-        return _count(session, rt, target, key, received)
+        counted = _count(session, rt, target, key, received)
     except (Conflict, Gone):
         rt.store.delete(key)
         raise
+    # Last, after the round lock: the client row is the last lock this transaction takes.
+    mark_seen(session, target.client, utcnow(), rt.settings.last_seen_interval_s)
+    return counted
 
 
 def _count(
@@ -161,12 +168,15 @@ def get_update(session: Session, update_id: uuid.UUID) -> ClientUpdate:
     return session.get_one(ClientUpdate, update_id)
 
 
-def record_rejection(session: Session, update_id: uuid.UUID, reason: str) -> None:
-    """Keep the latest rejection reason on the update row (the dashboard shows it)."""
-    update = session.get(ClientUpdate, update_id)
+def record_rejection(session: Session, rt: Runtime, target: UploadTarget, reason: str) -> None:
+    """Keep the latest rejection reason on the update row (the dashboard shows it), and mark
+    the client seen, in the rejection's one transaction."""
+    update = session.get(ClientUpdate, target.update_id)
     if update is not None and update.status == UpdateStatus.PENDING:
         update.rejections += 1
         update.last_rejection = reason[:2000]
+        session.flush()  # the update row before the client row, as when accepting
+    mark_seen(session, target.client, utcnow(), rt.settings.last_seen_interval_s)
 
 
 def parse_n_samples(raw: str | None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 from server.db.models import utcnow
-from server.db.session import session_scope
 from server.services import aggregation, scheduler
 from server.services.runtime import Runtime
 from server.tasks.config import CHECK_DEADLINES
@@ -39,5 +38,4 @@ def combine_round(rt: Runtime, round_id: uuid.UUID, attempt: str) -> None:
 @periodic(CHECK_DEADLINES)
 def check_deadlines(rt: Runtime) -> None:
     """Apply passed deadlines (enrolment, rounds) and re-queue stalled aggregations."""
-    with session_scope(rt.sessions) as session:
-        scheduler.periodic_check(session, rt, utcnow())
+    scheduler.run_periodic_check(rt, utcnow())

@@ -3,7 +3,8 @@
 Each route opens its own transaction and commits it before it returns, on its one request
 thread (``server.api.deps``): enrolment locks the job row, and a lock must never be held
 while its holder waits for a thread. The long-polled task request waits on the event loop,
-between short transactions, holding neither a thread nor a connection while it waits.
+between short read-only transactions, holding neither a thread nor a connection while it waits.
+Reads (the task, the model, an adapter) use ``read_scope``: they never commit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep
 from server.db.models import Client
-from server.db.session import session_scope
+from server.db.session import read_scope, session_scope
 from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, WaitTask
 from server.services import adapters, client_tasks, enrolment
 from server.services.runtime import Runtime
@@ -32,7 +33,7 @@ router = APIRouter(prefix="/api/v1", tags=["clients"])
 def job_model(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) -> JobModel:
     """The job's model and training settings, for a device holding the join token: it loads the
     model and checks it is the same (``model.config_sha256``) before it profiles and enrols."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         return enrolment.job_model(session, job_id, join_token)
 
 
@@ -65,7 +66,7 @@ def enrol(
 def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> StreamingResponse:
     """The newest global adapter cut to this client's rank (safetensors): with the device's
     private tensors it makes the client's personalised adapter (``flaas client export``)."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         key = adapters.latest_client_adapter_key(session, runtime, client)
     return StreamingResponse(
         runtime.store.iter_chunks(key),
@@ -85,8 +86,9 @@ WAIT_DESCRIPTION = (
 
 
 def _task_now(runtime: Runtime, client: Client) -> ClientTask:
-    """The client's task, read in one short transaction committed before it returns."""
-    with session_scope(runtime.sessions) as session:
+    """The client's task, read in one short read-only transaction (no commit) ended before it
+    returns."""
+    with read_scope(runtime.sessions) as session:
         return client_tasks.next_task(session, client)
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.pagination import PageParams
 from server.db.models import Job, JobStatus
-from server.db.session import session_scope
+from server.db.session import read_scope, session_scope
 from server.schemas.api import (
     ClientOut,
     ErrorOut,
@@ -53,7 +53,7 @@ def list_jobs(
     runtime: RuntimeDep, page: PageParams, status: Annotated[JobStatus | None, Query()] = None
 ) -> Page[JobOut]:
     """List jobs, newest first, optionally filtered by status."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = jobs.list_jobs(session, status=status, limit=page.limit, offset=page.offset)
         counts = jobs.count_clients(session, [j.id for j in items])
         return Page(
@@ -67,7 +67,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """One job with its spec, progress and AutoRank evidence."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         job = jobs.get_job(session, job_id)
         return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
@@ -83,7 +83,7 @@ def cancel_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
 @router.get("/{job_id}/rounds", response_model=Page[RoundOut])
 def list_rounds(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundOut]:
     """The job's rounds in order (round 0 holds the initial adapter)."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = queries.list_rounds(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
@@ -93,14 +93,14 @@ def get_round(
     job_id: uuid.UUID, number: Annotated[int, Path(ge=0, le=1_000_000)], runtime: RuntimeDep
 ) -> RoundDetail:
     """One round with every sampled client's update (accepted, pending or missed)."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         return queries.round_detail(session, job_id, number)
 
 
 @router.get("/{job_id}/clients", response_model=Page[ClientOut])
 def list_clients(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[ClientOut]:
     """The job's clients with their statistics, ranks and contributions."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = queries.list_clients(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
@@ -133,7 +133,7 @@ def download_global_adapter(
 ) -> Response:
     """The global adapter of a round (the newest one if no round is given)."""
     if format == "peft":
-        with session_scope(runtime.sessions) as session:
+        with read_scope(runtime.sessions) as session:
             exported = export.peft_export(session, runtime.store, job_id, round)
         archive = exported.zip_bytes()
         return Response(
@@ -144,7 +144,7 @@ def download_global_adapter(
                 "Content-Disposition": f'attachment; filename="{exported.name}.zip"',
             },
         )
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         adapter = adapters.operator_adapter(session, job_id, round)
     return StreamingResponse(
         runtime.store.iter_chunks(adapter.storage_key),

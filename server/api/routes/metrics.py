@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.pagination import PageParams
 from server.db.models import JobStatus, UpdateStatus
-from server.db.session import session_scope
+from server.db.session import read_scope
 from server.schemas.api import Page, UpdateOut
 from server.schemas.metrics import ClientActivity, JobSummary, RoundMetrics
 from server.services import metrics
@@ -38,7 +38,7 @@ EVENT_STREAM_S = 300.0
 def round_metrics(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundMetrics]:
     """Per round: participation, stragglers, rejections, client metrics (mean, std, min, max),
     bytes up and down, phase durations and per-slice coverage. Ordered by round number."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = metrics.round_metrics(session, job_id, limit=page.limit, offset=page.offset)
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
@@ -46,7 +46,7 @@ def round_metrics(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> P
 @router.get("/{job_id}/summary", response_model=JobSummary)
 def job_summary(job_id: uuid.UUID, runtime: RuntimeDep) -> JobSummary:
     """Client counts by state and by rank, and AutoRank's CRITIC weights."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         return metrics.job_summary(session, job_id)
 
 
@@ -57,7 +57,7 @@ def client_activity(
     """The job's clients (as ``/clients``) with their state: enrolled (never sampled),
     training (update expected in an open round), active (last update accepted) or
     straggling (missed the last round it was sampled in)."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = metrics.client_activity(
             session, job_id, limit=page.limit, offset=page.offset
         )
@@ -73,7 +73,7 @@ def round_updates(
     status: Annotated[UpdateStatus | None, Query()] = None,
 ) -> Page[UpdateOut]:
     """A page of one round's updates, optionally only accepted, pending or missed ones."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         items, total = metrics.round_updates(
             session, job_id, number, status=status, limit=page.limit, offset=page.offset
         )
@@ -82,7 +82,7 @@ def round_updates(
 
 def _snapshot(runtime: Runtime, job_id: uuid.UUID) -> tuple[str, bool]:
     """The event's JSON, and whether the job has ended."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         event = metrics.job_event(session, job_id)
     return event.model_dump_json(), JobStatus(event.status).ended
 

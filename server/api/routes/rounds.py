@@ -1,7 +1,13 @@
-"""Round routes for clients: download the starting adapter, upload the trained update."""
+"""Round routes for clients: download the starting adapter, upload the trained update.
+
+An upload costs one commit: the client and its target are read before the body (a read-only
+transaction, ``UploadTargetDep``), and the transaction that accepts (or refuses) the body also
+marks the client seen.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -10,12 +16,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from server.api.deps import CurrentClient, RuntimeDep
-from server.db.models import Client, ClientUpdate
-from server.db.session import session_scope
-from server.errors import AdapterRejected, PayloadTooLarge
+from server.api.deps import CurrentClient, RuntimeDep, UploadTargetDep, mark_seen_now
+from server.db.models import ClientUpdate
+from server.db.session import read_scope, session_scope
+from server.errors import AdapterRejected, DomainError, PayloadTooLarge
 from server.schemas.api import UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
@@ -35,7 +42,7 @@ def download_adapter(
     round_id: uuid.UUID, client: CurrentClient, runtime: RuntimeDep
 ) -> StreamingResponse:
     """The global adapter this round starts from, cut to the client's rank (safetensors)."""
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         key = adapters.client_adapter_key(session, runtime, client, round_id)
     return StreamingResponse(
         runtime.store.iter_chunks(key),
@@ -61,7 +68,7 @@ def download_adapter(
 async def upload_update(
     round_id: uuid.UUID,
     request: Request,
-    client: CurrentClient,
+    target: UploadTargetDep,
     runtime: RuntimeDep,
     flaas_num_samples: Annotated[str | None, Header()] = None,
     flaas_metrics: Annotated[str | None, Header()] = None,
@@ -71,6 +78,27 @@ async def upload_update(
 
     See docs/upload-contract.md. 201 when accepted, 200 for an identical retry.
     """
+    try:
+        return await _upload(
+            request, target, runtime, flaas_num_samples, flaas_metrics, flaas_content_sha256
+        )
+    except DomainError:
+        # Refused without a transaction of its own (a bad header, a body over the limit) or
+        # in one that rolled back (409, 410): the client was seen all the same. Best effort:
+        # the refusal is the answer, not a database error while marking.
+        with contextlib.suppress(SQLAlchemyError):
+            await run_in_threadpool(mark_seen_now, runtime, target.client)
+        raise
+
+
+async def _upload(
+    request: Request,
+    target: uploads.UploadTarget,
+    runtime: Runtime,
+    flaas_num_samples: str | None,
+    flaas_metrics: str | None,
+    flaas_content_sha256: str | None,
+) -> Response:
     started = time.perf_counter()
     settings = runtime.settings
     n_samples = uploads.parse_n_samples(flaas_num_samples)
@@ -80,7 +108,6 @@ async def upload_update(
         raise PayloadTooLarge(
             f"the update is larger than the {settings.max_upload_bytes}-byte limit"
         )
-    target = await run_in_threadpool(_prepare, runtime, client, round_id)
     if target.accepted_sha256 is not None and target.accepted_sha256 == flaas_content_sha256:
         return await run_in_threadpool(_retry_answer, runtime, target)
     with runtime.store.staging_file() as staged:
@@ -93,7 +120,7 @@ async def upload_update(
                 max_header_bytes=settings.max_header_bytes,
             )
         except (AdapterRejected, PayloadTooLarge) as exc:
-            await run_in_threadpool(_reject, runtime, target.update_id, exc.message)
+            await run_in_threadpool(_reject, runtime, target, exc.message)
             raise
         received = uploads.ReceivedUpdate(
             staged=staged,
@@ -128,22 +155,19 @@ async def _receive(request: Request, path: Path, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _prepare(runtime: Runtime, client: Client, round_id: uuid.UUID) -> uploads.UploadTarget:
-    with session_scope(runtime.sessions) as session:
-        return uploads.prepare_upload(session, client, round_id)
-
-
 def _retry_answer(runtime: Runtime, target: uploads.UploadTarget) -> JSONResponse:
-    with session_scope(runtime.sessions) as session:
+    with read_scope(runtime.sessions) as session:
         update = uploads.get_update(session, target.update_id)
-        return JSONResponse(
+        answer = JSONResponse(
             UpdateOut.model_validate(update).model_dump(mode="json"), status_code=200
         )
+    mark_seen_now(runtime, target.client)
+    return answer
 
 
-def _reject(runtime: Runtime, update_id: uuid.UUID, reason: str) -> None:
+def _reject(runtime: Runtime, target: uploads.UploadTarget, reason: str) -> None:
     with session_scope(runtime.sessions) as session:
-        uploads.record_rejection(session, update_id, reason)
+        uploads.record_rejection(session, runtime, target, reason)
 
 
 def _accept(

@@ -5,6 +5,14 @@ import {
 } from "../common.js";
 
 const LIMIT = 50;
+// The coordinator writes a client's last-seen time at most once a minute
+// (FLAAS_LAST_SEEN_INTERVAL_S), so a client seen seconds ago may read up to a minute old.
+const SEEN_PRECISION_S = 60;
+
+function fmtSeen(iso) {
+  if (iso && (Date.now() - Date.parse(iso)) / 1000 < 2 * SEEN_PRECISION_S) return "< 2 min ago";
+  return fmtAgo(iso);
+}
 
 export async function render(root, { jobId }) {
   let job;
@@ -36,7 +44,7 @@ export async function render(root, { jobId }) {
         { title: "Rounds contributed", num: true, cell: (c) => c.rounds_contributed },
         { title: "Missed", num: true, cell: (c) => c.rounds_missed },
         { title: "Last round", num: true, cell: (c) => c.last_round ?? "–" },
-        { title: "Last seen", cell: (c) => h("span", { title: fmtTime(c.last_seen_at) }, fmtAgo(c.last_seen_at)) },
+        { title: "Last seen", cell: (c) => h("span", { title: fmtTime(c.last_seen_at) }, fmtSeen(c.last_seen_at)) },
         { title: "Enrolled", cell: (c) => fmtTime(c.enrolled_at) },
       ], page.items, { testid: "clients-table" }),
       pager(page, (offset) => {
