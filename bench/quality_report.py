@@ -132,6 +132,18 @@ def _paired_lines(by_strategy: dict[str, list[Record]], candidate: str) -> list[
     return lines if len(lines) > 2 else []
 
 
+def _budget_lines(by_rank: dict[str, list[Record]]) -> list[str]:
+    """AutoRank spending a mean-rank budget against that fixed rank for every device."""
+    lines = ["| AutoRank minus fixed, same mean rank | final global (mean ± SE) | seeds won |"]
+    lines.append("|---|---|---|")
+    for name, runs in by_rank.items():
+        fixed = by_rank.get(name.replace("autorank@", "fixed@"))
+        if name.startswith("autorank@") and fixed:
+            mean, se, wins, n = paired(runs, fixed)
+            lines.append(f"| {name.partition('@')[2]} | {mean:+.3f} ± {se:.3f} | {wins} of {n} |")
+    return lines if len(lines) > 2 else []
+
+
 def _section(title: str, groups: dict[tuple[Any, ...], list[Record]], field: str) -> list[str]:
     lines = [f"## {title}", ""]
     for key, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
@@ -140,6 +152,8 @@ def _section(title: str, groups: dict[tuple[Any, ...], list[Record]], field: str
         lines += [f"### {', '.join(str(k) for k in key)}", "", *_table(named, field), ""]
         if field == "strategy":
             lines += [*_paired_lines(named, CANDIDATE), ""]
+        elif field == "rank":
+            lines += [*_budget_lines(named), ""]
     return lines
 
 
@@ -188,6 +202,35 @@ def verdict(records: Sequence[Record], rivals: Sequence[str]) -> list[str]:
     return lines
 
 
+def standings(records: Sequence[Record], strategies: Sequence[str]) -> list[str]:
+    """Every strategy against each cell's best (by mean final global accuracy): its mean final
+    accuracy over the cells, and in how many cells it is within one paired SE of the best.
+    When no strategy meets the target, the default is the one this table puts first."""
+    cells = [
+        {k[0]: v for k, v in _group(runs, "strategy").items()}
+        for _, runs in sorted(_group(records, "task", "alpha", "rank").items(), key=str)
+    ]
+    cells = [by for by in cells if all(s in by for s in strategies)]
+    if not cells:
+        return []
+    rows = []
+    for strategy in strategies:
+        finals, close = [], 0
+        for by in cells:
+            best = max(strategies, key=lambda r: statistics.fmean(_final(x) for x in by[r]))
+            finals.append(statistics.fmean(_final(x) for x in by[strategy]))
+            mean, se, _, _ = paired(by[strategy], by[best])
+            close += strategy == best or mean >= -(se if not math.isnan(se) else 0.0)
+        rows.append((statistics.fmean(finals), close, strategy))
+    lines = [
+        "| strategy | mean final global over the cells | cells within 1 paired SE of the best |",
+        "|---|---|---|",
+    ]
+    for mean, close, strategy in sorted(rows, reverse=True):
+        lines.append(f"| {strategy} | {mean:.3f} | {close} of {len(cells)} |")
+    return lines
+
+
 def write_report(records: Sequence[Record], out: Path, notes: Path | None = None) -> None:
     """Write the whole report: protocol, one section per matrix on record, the verdict, then
     the hand-written findings in ``notes`` (when the file exists)."""
@@ -209,6 +252,7 @@ def write_report(records: Sequence[Record], out: Path, notes: Path | None = None
     if main:
         lines += ["## Verdict: is rbla-shrink the default?", ""]
         lines += [*verdict(main, ("rbla", "zeropad", "flexlora")), ""]
+        lines += [*standings(main, sorted({r["cell"]["strategy"] for r in main})), ""]
     failed = len(records) - len(finished)
     if failed:
         lines += [f"{failed} run(s) did not finish and are left out of the tables.", ""]

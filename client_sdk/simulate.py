@@ -69,7 +69,7 @@ def make_shards(
 def task_job_spec(
     task_name: str = "digits",
     *,
-    strategy: str = "rbla",
+    strategy: str = "rbla-shrink",
     clients: int = 8,
     rounds: int = 5,
     r_min: int = 2,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay lig
 
 DEFAULTS: dict[str, Any] = {
     "task": "digits",
-    "strategy": "rbla",
+    "strategy": "rbla-shrink",
     "clients": 10,
     "rounds": 20,
     "alpha": 0.5,

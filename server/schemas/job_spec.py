@@ -221,7 +221,7 @@ class JobSpec(_Strict):
         max_length=1_000,
         description="Other trainable tensors (e.g. a classifier head): state-dict key -> shape.",
     )
-    strategy: str = Field(default="rbla", max_length=40)
+    strategy: str = Field(default="rbla-shrink", max_length=40)
     strategy_options: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, max_length=32
     )

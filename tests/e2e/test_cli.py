@@ -77,7 +77,7 @@ def test_job_create_list_show(tmp_path: Path) -> None:
         created = flaas("job", "create", "--file", str(ROOT / "examples" / "job.yaml"), *common)
         assert created.returncode == 0, created.stderr
         job = json.loads(created.stdout)
-        assert job["strategy"] == "rbla" and job["join_token"].startswith("flj_")
+        assert job["strategy"] == "rbla-shrink" and job["join_token"].startswith("flj_")
         listed = flaas("job", "list", *common)
         assert listed.returncode == 0 and job["id"] in listed.stdout
         shown = flaas("job", "show", job["id"], *common)

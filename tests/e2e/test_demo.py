@@ -23,7 +23,7 @@ def test_demo_command_runs_a_job_to_the_end_and_prints_rounds_and_a_summary(
     assert re.search(r"^dashboard +http://127\.0\.0\.1:\d+/dashboard", out, re.M), out
     rounds = re.findall(r"^round +(\d+) +4 clients +ranks \d+-\d+ +accuracy 0\.\d+ ", out, re.M)
     assert rounds == ["1", "2", "3"], out
-    assert "strategy         rbla  (job finished)" in out
+    assert "strategy         rbla-shrink  (job finished)" in out
     assert len(re.findall(r"^sim-00\d +\d+ +\d+ +3$", out, re.M)) == 4, out  # per-client table
     found = re.search(r"^accuracy +(0\.\d+) untrained -> (0\.\d+) final", out, re.M)
     assert found is not None, out
