@@ -81,8 +81,8 @@ def cells(matrix: str, seeds: tuple[int, ...]) -> Iterator[Cell]:
         # Chen et al.: MLP 784-200-200-10 on a frozen random base, ranks 0.1..1.0 of 160 on
         # fc1/fc2, Adam 1e-3, 5 local epochs, batch 64, all 10 clients, Dirichlet 0.1.
         settings = (("epochs", 5), ("lr", 1e-3), ("batch_size", 64), ("optimizer", "adam"))
-        for strategy in ("rbla", "zeropad", "rbla-shrink", "flexlora"):
-            for seed in seeds:
+        for seed in seeds:  # seed-major: an interrupted matrix leaves paired seeds behind
+            for strategy in ("rbla", "zeropad", "rbla-shrink", "flexlora"):
                 yield Cell(
                     "rbla-paper", "mnist-rbla", 0.1, strategy, "fixed@160", seed, rounds=100,
                     training=settings, r_max=160, max_ranks=tuple(16 * i for i in range(1, 11)),
@@ -92,8 +92,8 @@ def cells(matrix: str, seeds: tuple[int, ...]) -> Iterator[Cell]:
         # one rank for every strategy; fedsa-shared-head against fedit is the same head policy
         # too (shared), fedsa (head private) shows what the head policy alone does. Five rounds:
         # a MiniLM client's 10 steps take several seconds on a CPU core (a round ~35 s here).
-        for strategy in ("fedsa-shared-head", "fedsa", "fedit"):
-            for seed in seeds:
+        for seed in seeds:
+            for strategy in ("fedsa-shared-head", "fedit", "fedsa"):
                 yield Cell(
                     "fedsa-paper", "trec", 0.5, strategy, "fixed@8", seed, rounds=5,
                     training=(("steps", 10),), r_max=8,
