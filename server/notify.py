@@ -9,9 +9,9 @@ runs the subscriber on its event loop), so a round closed by a Celery worker, or
 another coordinator process, wakes the clients waiting here. Workers only publish
 (``announcer_for``).
 
-Notifications are hints, never state: a woken request re-reads its task from the database, and
-every wait is bounded, so a lost message (Redis down, a publish failing) delays an answer by at
-most the request's wait.
+Notifications are hints, never state: a woken request re-reads its task from the database (the
+requests one announcement wakes share that read), and every wait is bounded, so a lost message
+(Redis down, a publish failing) delays an answer by at most the request's wait.
 """
 
 from __future__ import annotations
@@ -21,15 +21,19 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio
+from starlette.concurrency import run_in_threadpool
 
 from server.services.runtime import JobAnnounce
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHANNEL = "flaas:job-changed"
 # A publish runs on the thread that committed (after commit): it must not hold that thread
@@ -51,17 +55,29 @@ class _Waiter:
     event: asyncio.Event
 
 
+@dataclass(eq=False)
+class _Job:
+    """A job's waiting requests, the announcements heard since the first of them began to
+    wait, and the newest shared read (the announcement count it started at, its future)."""
+
+    waiters: set[_Waiter] = field(default_factory=set)
+    announced: int = 0
+    read: tuple[int, asyncio.Future[Any]] | None = None
+
+
 class Waiters:
     """The task requests of this process that wait for their job to change, at most ``limit``.
 
     Registered from the event loop, woken from any thread (a request thread or the embedded
-    worker committing a transition): each waiter's event is set through its own loop.
+    worker committing a transition): each waiter's event is set through its own loop. The
+    requests that one announcement wakes share one read of their job (``shared``), so a
+    round opening for thousands of waiting clients costs one query, not thousands.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lock = threading.Lock()  # guards _by_job; never held across an await
-        self._by_job: dict[uuid.UUID, set[_Waiter]] = {}
+        self._lock = threading.Lock()  # guards _jobs and _count; never held across an await
+        self._jobs: dict[uuid.UUID, _Job] = {}
         self._count = 0
 
     @property
@@ -77,29 +93,54 @@ class Waiters:
         with self._lock:
             admitted = self._count < self.limit
             if admitted:
-                self._by_job.setdefault(job_id, set()).add(waiter)
+                self._jobs.setdefault(job_id, _Job()).waiters.add(waiter)
                 self._count += 1
         try:
             yield waiter.event if admitted else None
         finally:
             if admitted:
                 with self._lock:
-                    waiting = self._by_job[job_id]
-                    waiting.discard(waiter)
-                    if not waiting:
-                        del self._by_job[job_id]
+                    job = self._jobs[job_id]
+                    job.waiters.discard(waiter)
+                    if not job.waiters:
+                        del self._jobs[job_id]
                     self._count -= 1
+
+    async def shared(self, job_id: uuid.UUID, read: Callable[[], T]) -> T:
+        """``read()`` on a worker thread, begun after the job's latest announcement: a waiter
+        woken by an announcement gets the read that another waiter of the job began after it,
+        or begins one. Call on the event loop, while waiting for ``job_id``."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            job = self._jobs[job_id]
+            current = job.read
+            if (
+                current is None
+                or current[0] != job.announced
+                or current[1].get_loop() is not loop
+                or (current[1].done() and _failed(current[1]))
+            ):
+                current = (job.announced, asyncio.ensure_future(run_in_threadpool(read)))
+                job.read = current
+        # Shielded: a request that goes away does not cancel the read the others wait for.
+        return cast(T, await asyncio.shield(current[1]))
 
     def wake(self, job_id: uuid.UUID) -> None:
         """Wake the requests waiting for ``job_id`` (thread-safe)."""
         with self._lock:
-            waiting = list(self._by_job.get(job_id, ()))
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.announced += 1  # before the events: a woken waiter never reads an older read
+            waiting = list(job.waiters)
         self._set(waiting)
 
     def wake_all(self) -> None:
         """Wake every waiting request (after notifications may have been lost)."""
         with self._lock:
-            waiting = [w for group in self._by_job.values() for w in group]
+            for job in self._jobs.values():
+                job.announced += 1
+            waiting = [w for job in self._jobs.values() for w in job.waiters]
         self._set(waiting)
 
     @staticmethod
@@ -107,6 +148,10 @@ class Waiters:
         for waiter in waiting:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
                 waiter.loop.call_soon_threadsafe(waiter.event.set)
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.cancelled() or future.exception() is not None
 
 
 class RedisAnnouncer:

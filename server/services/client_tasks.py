@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -51,38 +53,69 @@ def enrolment_reason(session: Session, job: Job, now: datetime | None = None) ->
     )
 
 
+@dataclass(frozen=True)
+class JobView:
+    """What clients' tasks are computed from, read in one transaction: the job, its current
+    round, and the round's assignments (every sampled client's, or one client's)."""
+
+    job: Job
+    round: Round | None
+    assignments: dict[uuid.UUID, tuple[str, int]]  # client id -> (update status, rank)
+    enrolment: str | None  # what a client waiting for enrolment is told
+
+
+def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) -> JobView:
+    """The job's view for one client (``client_id``), or for all of them (None: the read that
+    the requests woken by one announcement share, ``server.notify.Waiters.shared``)."""
+    job = session.get_one(Job, job_id)
+    enrolment = enrolment_reason(session, job) if job.status == JobStatus.ENROLLING else None
+    rnd = None
+    assignments: dict[uuid.UUID, tuple[str, int]] = {}
+    if job.status == JobStatus.RUNNING:
+        rnd = session.scalar(
+            select(Round).where(Round.job_id == job.id, Round.number == job.current_round)
+        )
+    if rnd is not None and rnd.status == RoundStatus.OPEN:
+        query = select(ClientUpdate.client_id, ClientUpdate.status, ClientUpdate.rank).where(
+            ClientUpdate.round_id == rnd.id
+        )
+        if client_id is not None:
+            query = query.where(ClientUpdate.client_id == client_id)
+        assignments = {row.client_id: (row.status, row.rank) for row in session.execute(query)}
+    return JobView(job, rnd, assignments, enrolment)
+
+
 def next_task(session: Session, client: Client) -> ClientTask:
-    job = session.get_one(Job, client.job_id)
+    return task_of(read_view(session, client.job_id, client.id), client.id)
+
+
+def task_of(view: JobView, client_id: uuid.UUID) -> ClientTask:
+    """What the client should do now, by the view."""
+    job, rnd = view.job, view.round
     if JobStatus(job.status).ended:
         return FinishedTask(status=job.status, reason=job.failure_reason)
-    if job.status == JobStatus.ENROLLING:
-        return WaitTask(retry_after=ENROLMENT_POLL_S, reason=enrolment_reason(session, job))
-    rnd = session.scalar(
-        select(Round).where(Round.job_id == job.id, Round.number == job.current_round)
-    )
+    if view.enrolment is not None:
+        return WaitTask(retry_after=ENROLMENT_POLL_S, reason=view.enrolment)
     if rnd is None or rnd.status != RoundStatus.OPEN:
         return WaitTask(retry_after=ROUND_POLL_S, reason="the current round is being aggregated")
-    update = session.scalar(
-        select(ClientUpdate).where(
-            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client.id
-        )
-    )
-    if update is None:
+    assignment = view.assignments.get(client_id)
+    if assignment is None:
         return WaitTask(retry_after=ROUND_POLL_S, reason=f"not sampled for round {rnd.number}")
-    if update.status != UpdateStatus.PENDING:
+    status, rank = assignment
+    if status != UpdateStatus.PENDING:
         return WaitTask(
             retry_after=ROUND_POLL_S, reason=f"update for round {rnd.number} already accepted"
         )
     spec = spec_of(job)
     strategy = strategy_for(job)
-    shared, frozen = parts(job, update.rank)
+    shared, frozen = parts(job, rank)
     return TrainTask(
         job_id=job.id,
         round_id=rnd.id,
         round_number=rnd.number,
         deadline_at=rnd.deadline_at,
-        rank=update.rank,
-        lora_alpha=client_alpha(spec, update.rank),
+        rank=rank,
+        lora_alpha=client_alpha(spec, rank),
         use_rslora=strategy.use_rslora,
         adapter_type=strategy.adapter_type,
         strategy=job.strategy,

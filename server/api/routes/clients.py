@@ -10,9 +10,10 @@ Reads (the task, the model, an adapter) use ``read_scope``: they never commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import random
 import time
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -92,6 +93,12 @@ def _task_now(runtime: Runtime, client: Client) -> ClientTask:
         return client_tasks.next_task(session, client)
 
 
+def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
+    """The view of a job that its woken waiting requests share (one read for all of them)."""
+    with read_scope(runtime.sessions) as session:
+        return client_tasks.read_view(session, job_id, None)
+
+
 @router.get("/clients/me/task", response_model=ClientTask)
 async def my_task(
     client: CurrentClient,
@@ -105,19 +112,23 @@ async def my_task(
         return await run_in_threadpool(_task_now, runtime, client)
     deadline = time.monotonic() + seconds
     with waiters.waiting(client.job_id) as changed:
-        if changed is None:  # the waiter limit: answer now, and the client polls as before
-            return await run_in_threadpool(_task_now, runtime, client)
-        while True:
-            # Cleared before the read: an announcement during the read makes the next wait
-            # return at once, so none falls between the read and the wait.
-            changed.clear()
+        if changed is None:  # the waiter limit: answer now; polled again after about the wait
             task = await run_in_threadpool(_task_now, runtime, client)
-            remaining = deadline - time.monotonic()
-            if not isinstance(task, WaitTask) or remaining <= 0:
-                break
-            # An announcement is a hint: the loop re-reads the database whatever woke it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            if isinstance(task, WaitTask):
+                return task.model_copy(update={"retry_after": seconds * random.uniform(0.5, 1)})
+            return task
+        # Registered before the read: an announcement during the read makes the wait below
+        # return at once, so none falls between the read and the wait.
+        task = await run_in_threadpool(_task_now, runtime, client)
+        while isinstance(task, WaitTask):
+            try:
+                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break  # nothing announced: the answer read last stands
+            changed.clear()
+            # An announcement is a hint: re-read, in the one read its woken waiters share.
+            view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
+            task = client_tasks.task_of(view, client.id)
     if isinstance(task, WaitTask):
         return task.model_copy(update={"retry_after": 0.0})
     return task

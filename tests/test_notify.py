@@ -1,0 +1,95 @@
+"""Waiters: the requests one announcement wakes share one read, never one begun before it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+from server.notify import Waiters
+
+
+def test_woken_waiters_share_one_read_begun_after_the_announcement() -> None:
+    job = uuid.uuid4()
+    waiters = Waiters(limit=100)
+    reads: list[int] = []
+    release = threading.Event()
+
+    def read() -> int:  # returns which read it was
+        number = len(reads) + 1
+        reads.append(number)
+        release.wait(5)
+        return number
+
+    async def scenario() -> None:
+        with waiters.waiting(job), waiters.waiting(job), waiters.waiting(job):
+            waiters.wake(job)
+            first = [asyncio.create_task(waiters.shared(job, read)) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            assert len(reads) == 1  # three woken waiters, one read
+            # Announced while that read runs: a waiter woken now must not take it.
+            waiters.wake(job)
+            later = asyncio.create_task(waiters.shared(job, read))
+            await asyncio.sleep(0.05)
+            release.set()
+            assert [await t for t in first] == [1, 1, 1]
+            assert await later == 2
+            assert len(reads) == 2
+            # No announcement since: the newest read is shared again.
+            assert await waiters.shared(job, read) == 2
+            assert len(reads) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_read_is_not_shared_with_the_next_waiter() -> None:
+    job = uuid.uuid4()
+    waiters = Waiters(limit=10)
+    calls: list[str] = []
+
+    def failing() -> str:
+        calls.append("failing")
+        raise RuntimeError("database unavailable")
+
+    def working() -> str:
+        calls.append("working")
+        return "view"
+
+    async def scenario() -> None:
+        with waiters.waiting(job):
+            waiters.wake(job)
+            try:
+                await waiters.shared(job, failing)
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("the read's error must reach its waiter")
+            assert await waiters.shared(job, working) == "view"
+
+    asyncio.run(scenario())
+    assert calls == ["failing", "working"]
+
+
+def test_a_request_that_goes_away_does_not_cancel_the_shared_read() -> None:
+    job = uuid.uuid4()
+    waiters = Waiters(limit=10)
+    release = threading.Event()
+    reads: list[None] = []
+
+    def read() -> str:
+        reads.append(None)
+        release.wait(5)
+        return "view"
+
+    async def scenario() -> None:
+        with waiters.waiting(job), waiters.waiting(job):
+            waiters.wake(job)
+            leaving = asyncio.create_task(waiters.shared(job, read))
+            staying = asyncio.create_task(waiters.shared(job, read))
+            await asyncio.sleep(0.05)
+            leaving.cancel()
+            release.set()
+            assert await staying == "view"
+            assert len(reads) == 1
+
+    asyncio.run(scenario())
