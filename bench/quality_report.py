@@ -7,7 +7,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 Record = dict[str, Any]
 CANDIDATE = "rbla-shrink"
@@ -107,10 +107,13 @@ def _table(rows: dict[str, list[Record]], label: str) -> list[str]:
     return lines
 
 
-def paired(candidate: list[Record], rival: list[Record]) -> tuple[float, float, int, int]:
-    """(mean, standard error, wins, n) of the per-seed final-accuracy differences."""
-    mine = {r["cell"]["seed"]: _final(r) for r in candidate}
-    theirs = {r["cell"]["seed"]: _final(r) for r in rival}
+def paired(
+    candidate: list[Record], rival: list[Record], score: Callable[[Record], float] = _final
+) -> tuple[float, float, int, int]:
+    """(mean, standard error, wins, n) of the per-seed differences of ``score`` (by default
+    the final global accuracy)."""
+    mine = {r["cell"]["seed"]: score(r) for r in candidate}
+    theirs = {r["cell"]["seed"]: score(r) for r in rival}
     diffs = [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())]
     diffs = [d for d in diffs if not math.isnan(d)]
     if not diffs:
@@ -119,14 +122,23 @@ def paired(candidate: list[Record], rival: list[Record]) -> tuple[float, float, 
     return statistics.fmean(diffs), se, sum(d > 0 for d in diffs), len(diffs)
 
 
-def _paired_lines(by_strategy: dict[str, list[Record]], candidate: str) -> list[str]:
+# What a section's paired table scores: global accuracy, or (for strategies without a global
+# model, the FedSA family) the devices' own models.
+SCORES: dict[str, tuple[str, Callable[[Record], float]]] = {
+    "final": ("final global", _final),
+    "devices": ("devices", _devices),
+}
+
+
+def _paired_lines(by_strategy: dict[str, list[Record]], candidate: str, score: str) -> list[str]:
     if candidate not in by_strategy:
         return []
-    lines = [f"| {candidate} minus | final global (mean ± SE) | seeds won |", "|---|---|---|"]
+    label, scorer = SCORES[score]
+    lines = [f"| {candidate} minus | {label} (mean ± SE) | seeds won |", "|---|---|---|"]
     for rival, runs in by_strategy.items():
         if rival == candidate:
             continue
-        mean, se, wins, n = paired(by_strategy[candidate], runs)
+        mean, se, wins, n = paired(by_strategy[candidate], runs, scorer)
         if n:
             lines.append(f"| {rival} | {mean:+.3f} ± {se:.3f} | {wins} of {n} |")
     return lines if len(lines) > 2 else []
@@ -144,14 +156,20 @@ def _budget_lines(by_rank: dict[str, list[Record]]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-def _section(title: str, groups: dict[tuple[Any, ...], list[Record]], field: str) -> list[str]:
+def _section(
+    title: str,
+    groups: dict[tuple[Any, ...], list[Record]],
+    field: str,
+    candidate: str = CANDIDATE,
+    score: str = "final",
+) -> list[str]:
     lines = [f"## {title}", ""]
     for key, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         rows = _group(runs, field)
         named = {str(k[0]): v for k, v in sorted(rows.items(), key=lambda kv: str(kv[0]))}
         lines += [f"### {', '.join(str(k) for k in key)}", "", *_table(named, field), ""]
         if field == "strategy":
-            lines += [*_paired_lines(named, CANDIDATE), ""]
+            lines += [*_paired_lines(named, candidate, score), ""]
         elif field == "rank":
             lines += [*_budget_lines(named), ""]
     return lines
@@ -231,23 +249,42 @@ def standings(records: Sequence[Record], strategies: Sequence[str]) -> list[str]
     return lines
 
 
+class Section(NamedTuple):
+    """A matrix's part of the report: rows grouped by ``keys``, one line per ``field`` value,
+    and ``candidate`` paired against the others on ``score`` (a key of ``SCORES``)."""
+
+    title: str
+    keys: tuple[str, ...]
+    field: str
+    candidate: str = CANDIDATE
+    score: str = "final"
+
+
+CELL = ("task", "alpha", "rank")
+SECTIONS = {
+    "main": Section("Strategies, AutoRank ranks", CELL, "strategy"),
+    "ranks": Section("Rank policies at equal budgets (rbla-shrink)", ("task", "alpha"), "rank"),
+    "rbla-paper": Section("The RBLA paper's protocol", CELL, "strategy"),
+    "fedsa-paper": Section(
+        "The FedSA-LoRA paper's protocol", CELL, "strategy", "fedsa-shared-head", "devices"
+    ),
+    "smoke": Section("Smoke run (CI)", CELL, "strategy"),
+}
+
+
 def write_report(records: Sequence[Record], out: Path, notes: Path | None = None) -> None:
     """Write the whole report: protocol, one section per matrix on record, the verdict, then
     the hand-written findings in ``notes`` (when the file exists)."""
     finished = [r for r in records if r["status"] == "finished"]
     by_matrix = _group(finished, "matrix")
     lines = [PROTOCOL]
-    titles = {
-        "main": ("Strategies, AutoRank ranks", ("task", "alpha", "rank"), "strategy"),
-        "ranks": ("Rank policies at equal budgets (rbla-shrink)", ("task", "alpha"), "rank"),
-        "rbla-paper": ("The RBLA paper's protocol", ("task", "alpha", "rank"), "strategy"),
-        "fedsa-paper": ("The FedSA-LoRA paper's protocol", ("task", "alpha", "rank"), "strategy"),
-        "smoke": ("Smoke run (CI)", ("task", "alpha", "rank"), "strategy"),
-    }
-    for matrix, (title, keys, field) in titles.items():
+    for matrix, section in SECTIONS.items():
         runs = by_matrix.get((matrix,))
         if runs:
-            lines += _section(title, _group(runs, *keys), field)
+            groups = _group(runs, *section.keys)
+            lines += _section(
+                section.title, groups, section.field, section.candidate, section.score
+            )
     main = by_matrix.get(("main",))
     if main:
         lines += ["## Verdict: is rbla-shrink the default?", ""]
