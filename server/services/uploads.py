@@ -18,7 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
+from server.db.session import after_commit
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
+from server.observability.prometheus import UPLOADS_ACCEPTED
 from server.services import rounds
 from server.services.enrolment import mark_seen
 from server.services.runtime import Runtime
@@ -150,6 +152,7 @@ def _count(
     session.refresh(update)
     if not accepted:
         return _identical_retry(update, rnd, received.sha256), False
+    after_commit(session, UPLOADS_ACCEPTED.inc)
     if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
         rounds.request_aggregation(session, rt, rnd, now)
     return update, True
