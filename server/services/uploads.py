@@ -202,8 +202,8 @@ def parse_metrics(raw: str | None, max_bytes: int) -> dict[str, float]:
         raise PayloadTooLarge(f"Flaas-Metrics is larger than {max_bytes} bytes")
     try:
         value: Any = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("Flaas-Metrics must be a JSON object") from None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        raise InvalidRequest("Flaas-Metrics must be a flat JSON object") from None
     if not isinstance(value, dict) or len(value) > MAX_METRICS:
         raise InvalidRequest(
             f"Flaas-Metrics must be a JSON object of at most {MAX_METRICS} entries"
@@ -214,7 +214,11 @@ def parse_metrics(raw: str | None, max_bytes: int) -> dict[str, float]:
             raise InvalidRequest(
                 f"Flaas-Metrics entry {name[:100]!r} must map a short name to a number"
             )
-        if not math.isfinite(number):
-            raise InvalidRequest(f"Flaas-Metrics entry {name!r} is not finite")
-        metrics[name] = float(number)
+        try:
+            metric = float(number)
+        except OverflowError:  # an integer beyond float's range
+            raise InvalidRequest(f"Flaas-Metrics entry {name[:100]!r} is too large") from None
+        if not math.isfinite(metric):
+            raise InvalidRequest(f"Flaas-Metrics entry {name[:100]!r} is not finite")
+        metrics[name] = metric
     return metrics
