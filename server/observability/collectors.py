@@ -44,7 +44,7 @@ class DatabaseLevels(Collector):
         )
         with read_scope(self.sessions) as session:
             grouped = select(Job.status, func.count()).group_by(Job.status)
-            by_status: dict[str, int] = dict(session.execute(grouped).tuples().all())
+            by_status: dict[str, int] = dict(session.execute(grouped).all())
             live = session.execute(
                 select(Client.job_id, func.count())
                 .join(Job, Job.id == Client.job_id)

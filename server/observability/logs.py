@@ -18,7 +18,13 @@ from typing import Literal, TextIO
 LogFormat = Literal["auto", "json", "text"]
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# (uvicorn adds ``color_message``: the same message with terminal colours.)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 # Loggers that would otherwise write lines of their own, or none at all.
 _ROUTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery")
 
@@ -83,6 +89,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)  # warnings.warn lines in the same format
     for name in _ROUTED:
         routed = logging.getLogger(name)
         routed.handlers.clear()
