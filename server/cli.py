@@ -23,12 +23,15 @@ def _serve(args: argparse.Namespace) -> int:
     from server.config import get_settings
     from server.db.migrate import upgrade
     from server.main import create_app
+    from server.observability.logs import configure_logging
+    from server.serving import uvicorn_config
 
     settings = get_settings()
+    configure_logging(settings.log_format, args.log_level)
     if not args.no_migrate:
         upgrade(settings.database_url)
     print(f"flaas coordinator on http://{args.host}:{args.port}  (API docs at /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, args.host, args.port)).run()
     return 0
 
 
@@ -107,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the coordinator (embedded defaults)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="lowest level logged (debug adds the access lines of polls and probes)",
+    )
     serve.add_argument("--no-migrate", action="store_true", help="skip `flaas migrate` at start")
     serve.set_defaults(handler=_serve)
 

@@ -107,11 +107,43 @@ class Settings(BaseSettings):
     max_metrics_bytes: int = Field(default=4096, ge=64)
     max_clients_per_job: int = Field(default=10_000, ge=1)
     max_page_size: int = Field(default=500, ge=1)
+    request_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection may take to send a request's head (request line and "
+        "headers); slower ones are closed (uvicorn itself has no such timeout).",
+    )
+    upload_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause between two parts of an upload's body; a longer one is "
+        "answered 408 and the connection closed.",
+    )
     scheduler_interval_s: float = Field(
         default=1.0,
         gt=0,
         le=60,
         description="Seconds between deadline checks (embedded scheduler thread or Celery beat).",
+    )
+
+    # Operations: logs and the Prometheus scrape (README, "Operations").
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="Log lines as JSON objects (json), as readable text (text), or JSON "
+        "unless stderr is a terminal (auto).",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires; unset, /metrics is open like "
+        "/healthz (it holds counts and job ids, no secrets).",
+    )
+    metrics_broker_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Seconds a scrape waits for the broker (queue depth, worker ping).",
     )
 
     # Aggregation workers (server.tasks): limits and sharding.
@@ -149,10 +181,11 @@ class Settings(BaseSettings):
         "reading each update, so a worker can be killed mid-aggregation. Must be 0 in production.",
     )
 
-    @field_validator("broker_url", mode="before")
+    @field_validator("broker_url", "metrics_token", mode="before")
     @classmethod
-    def _empty_broker_is_none(cls, value: object) -> object:
-        # FLAAS_BROKER_URL= (set but empty, as compose files do) means "no broker".
+    def _empty_is_none(cls, value: object) -> object:
+        # FLAAS_BROKER_URL= (set but empty, as compose files do) means "no broker"; an empty
+        # FLAAS_METRICS_TOKEN means "no token".
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("operator_keys", mode="before")

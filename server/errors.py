@@ -47,6 +47,10 @@ class PayloadTooLarge(DomainError):
     """An upload or its header exceeds a configured limit."""
 
 
+class RequestTimeout(DomainError):
+    """The client stopped sending a request's body before its end."""
+
+
 class AdapterRejected(DomainError):
     """An uploaded adapter breaks the upload contract (docs/upload-contract.md)."""
 

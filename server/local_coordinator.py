@@ -27,7 +27,7 @@ def free_port() -> int:
 class EmbeddedCoordinator:
     """The coordinator app under uvicorn on a background thread (``with`` starts and stops it)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, log_level: str = "warning") -> None:
         from server.config import Settings
 
         self.port = port or free_port()
@@ -42,6 +42,7 @@ class EmbeddedCoordinator:
             public_url=self.url,
             scheduler_interval_s=0.2,
         )
+        self.log_level = log_level
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -50,11 +51,13 @@ class EmbeddedCoordinator:
 
         from server.db.migrate import upgrade
         from server.main import create_app
+        from server.observability.logs import configure_logging
+        from server.serving import uvicorn_config
 
+        # The demo's transcript is the output: the coordinator adds only its warnings.
+        configure_logging(self.settings.log_format, self.log_level)
         upgrade(self.settings.database_url)
-        config = uvicorn.Config(
-            create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = uvicorn_config(create_app(self.settings), self.settings, "127.0.0.1", self.port)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="flaas-demo-server")
         self._thread.start()

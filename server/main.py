@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from server.api import errors
-from server.api.routes import clients, health, jobs, metrics, rounds
+from server.api.routes import clients, health, jobs, metrics, rounds, scrape
 from server.config import Settings, get_settings
 from server.dashboard import routes as dashboard
 from server.db.session import (
@@ -22,6 +22,8 @@ from server.db.session import (
 )
 from server.embedded import EmbeddedWorker
 from server.notify import JobNotifier, Waiters
+from server.observability.collectors import BrokerLevels, DatabaseLevels
+from server.observability.http import RequestObserver
 from server.services import rounds as round_service
 from server.services.runtime import Runtime
 from server.storage import open_store
@@ -49,14 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     probe_engine = make_probe_engine(settings.database_url)
     worker: EmbeddedWorker | None = None
     dispatch: Any
+    levels: list[Any] = []
     if settings.broker_url is None:
         dispatch = worker = EmbeddedWorker()
     else:
         # Imported only here: an embedded coordinator needs no Celery.
-        from server.tasks.config import make_celery
+        from server.tasks.config import QUEUE, make_celery
         from server.tasks.dispatch import CeleryDispatch
 
         dispatch = CeleryDispatch(make_celery(settings))
+        levels.append(BrokerLevels(dispatch.app, QUEUE, settings.metrics_broker_timeout_s))
     notifier = JobNotifier(Waiters(settings.task_waiters_max), settings.broker_url)
     runtime = Runtime(
         settings=settings,
@@ -110,8 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.waiters = notifier.waiters
     app.state.probe_engine = probe_engine
+    app.state.metric_levels = [DatabaseLevels(runtime.sessions), *levels]
     errors.install(app)
-    for module in (health, jobs, clients, rounds, metrics):
+    app.add_middleware(RequestObserver)
+    for module in (health, jobs, clients, rounds, metrics, scrape):
         app.include_router(module.router)
     dashboard.install(app)
     return app

@@ -45,10 +45,19 @@ def add_beat_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _app() -> Any:
-    from server.config import get_settings
+def _app(loglevel: str) -> Any:
+    from celery.signals import setup_logging
 
-    if not get_settings().broker_url:
+    from server.config import get_settings
+    from server.observability.logs import configure_logging
+
+    settings = get_settings()
+
+    @setup_logging.connect(weak=False)
+    def _flaas_logging(**_: Any) -> None:  # instead of Celery's own handlers and format
+        configure_logging(settings.log_format, loglevel)
+
+    if not settings.broker_url:
         raise SystemExit(
             "error: FLAAS_BROKER_URL is not set. `flaas serve` aggregates by itself without a "
             "broker; Celery workers need one (e.g. FLAAS_BROKER_URL=redis://localhost:6379/0)."
@@ -63,7 +72,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from server.memory import retain_freed_memory
     from server.tasks.config import QUEUE
 
-    app = _app()
+    app = _app(args.loglevel)
     retain_freed_memory()  # inherited by the pool's forked processes
     argv = [
         "worker",
@@ -85,6 +94,6 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_beat(args: argparse.Namespace) -> int:
     """Run Celery beat: queue the deadline check every ``scheduler_interval_s``."""
-    app = _app()
+    app = _app(args.loglevel)
     app.start(["beat", f"--loglevel={args.loglevel}", f"--schedule={args.schedule}"])
     return 0

@@ -18,6 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
 from server.dashboard.auth import session_is_valid
@@ -30,8 +31,26 @@ from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
 from server.services.runtime import Runtime
 
-bearer = HTTPBearer(
+
+class ExactBearer(HTTPBearer):
+    """``Authorization: Bearer <token>`` taken exactly as sent.
+
+    FastAPI's ``HTTPBearer`` strips the token, so ``Bearer  <key>`` or ``Bearer <key><TAB>``
+    authenticated as ``<key>``: a credential must be the one issued, byte for byte. (The HTTP
+    server already drops whitespace at the very end of a header value, as RFC 9110 says it
+    is not part of the value: that much cannot reach the app.)
+    """
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+
+
+bearer = ExactBearer(
     auto_error=False,
+    scheme_name="HTTPBearer",  # the OpenAPI name it had as FastAPI's class
     description="Operator API key, job join token or client credential, as the route says.",
 )
 

@@ -22,6 +22,7 @@ STATUS: dict[type[errors.DomainError], int] = {
     errors.Forbidden: 403,
     errors.Unauthorized: 401,
     errors.PayloadTooLarge: 413,
+    errors.RequestTimeout: 408,
     errors.ServiceUnavailable: 503,
 }
 

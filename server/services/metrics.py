@@ -160,6 +160,19 @@ def _latest_states(
     )
 
 
+def client_states(session: Session, job_id: uuid.UUID, clients: int) -> dict[ClientState, int]:
+    """How many of the job's ``clients`` are in each state (``client_activity`` says which)."""
+    latest = _latest_states(session, job_id).subquery()
+    by_status: dict[str, int] = dict(
+        session.execute(select(latest.c.status, func.count()).group_by(latest.c.status)).all()
+    )
+    states: dict[ClientState, int] = {"enrolled": 0, "training": 0, "active": 0, "straggling": 0}
+    for status, n in by_status.items():
+        states[STATE_OF_UPDATE[status]] += n
+    states["enrolled"] = clients - sum(by_status.values())
+    return states
+
+
 def job_summary(session: Session, job_id: uuid.UUID) -> JobSummary:
     """Client counts by state and by rank, and AutoRank's CRITIC weights."""
     job = get_job(session, job_id)
@@ -170,14 +183,7 @@ def job_summary(session: Session, job_id: uuid.UUID) -> JobSummary:
         .order_by(Client.rank)
     ).all()
     clients = sum(n for _, n in ranks)
-    latest = _latest_states(session, job_id).subquery()
-    by_status: dict[str, int] = dict(
-        session.execute(select(latest.c.status, func.count()).group_by(latest.c.status)).all()
-    )
-    states: dict[ClientState, int] = {"enrolled": 0, "training": 0, "active": 0, "straggling": 0}
-    for status, n in by_status.items():
-        states[STATE_OF_UPDATE[status]] += n
-    states["enrolled"] = clients - sum(by_status.values())
+    states = client_states(session, job_id, clients)
     autorank = job.autorank or {}
     result = autorank.get("result") or {}
     return JobSummary(

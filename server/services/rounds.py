@@ -46,6 +46,7 @@ from server.db.models import (
 )
 from server.db.session import after_commit
 from server.errors import Conflict
+from server.observability import lifecycle
 from server.services import ranking
 from server.services.runtime import Runtime
 from server.services.strategies import (
@@ -121,7 +122,7 @@ def start_job(session: Session, rt: Runtime, job: Job, now: datetime) -> bool:
     )
     open_round(session, job, 1, now)
     announce(session, rt, job.id)
-    log.info("job %s started with %d clients", job.id, len(clients))
+    lifecycle.job_started(session, job, len(clients))
     return True
 
 
@@ -154,6 +155,7 @@ def open_round(session: Session, job: Job, number: int, now: datetime) -> Round:
             ClientUpdate(round_id=rnd.id, client_id=client.id, rank=client.rank, assigned_at=now)
         )
     job.current_round = number
+    lifecycle.round_opened(session, job, rnd)
     return rnd
 
 
@@ -176,7 +178,7 @@ def request_aggregation(session: Session, rt: Runtime, rnd: Round, now: datetime
         return False
     round_id = rnd.id
     after_commit(session, lambda: rt.dispatch(round_id))
-    log.info("round %s (#%d) is aggregating", round_id, rnd.number)
+    lifecycle.round_aggregating(session, rnd)
     return True
 
 
@@ -204,20 +206,21 @@ def close_round(
         return False
     rnd = session.get_one(Round, round_id)
     session.add(adapter)
-    session.execute(
+    missed = session.execute(
         update(ClientUpdate)
         .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.PENDING)
         .values(status=UpdateStatus.MISSED)
     )
     job = session.get_one(Job, rnd.job_id, with_for_update=True)
+    lifecycle.round_closed(session, job, rnd, missed.rowcount, now)  # type: ignore[attr-defined]
     if job.status != JobStatus.RUNNING:
         return True
     announce(session, rt, job.id)
     if rnd.number >= job.total_rounds:
-        transition(
+        if transition(
             session, Job, job.id, JobStatus.RUNNING, status=JobStatus.FINISHED, finished_at=now
-        )
-        log.info("job %s finished after %d rounds", job.id, rnd.number)
+        ):
+            lifecycle.job_ended(session, job.id, "finished", f"after {rnd.number} rounds")
     else:
         open_round(session, job, rnd.number + 1, now)
     return True
@@ -241,6 +244,7 @@ def fail_round(
             break
     else:
         return
+    lifecycle.round_failed(session, rnd, reason)
     fail_job(session, rt, rnd.job_id, f"round {rnd.number} failed: {reason}", now)
 
 
@@ -256,7 +260,7 @@ def fail_job(session: Session, rt: Runtime, job_id: uuid.UUID, reason: str, now:
             finished_at=now,
         ):
             announce(session, rt, job_id)
-            log.warning("job %s failed: %s", job_id, reason)
+            lifecycle.job_ended(session, job_id, "failed", reason)
             return
 
 
@@ -286,6 +290,7 @@ def cancel_job(session: Session, rt: Runtime, job: Job, now: datetime) -> Job:
             )
             session.refresh(job)
             announce(session, rt, job.id)
+            lifecycle.job_ended(session, job.id, "cancelled", "cancelled by an operator")
             return job
     raise Conflict(
         f"job {job.id} is already {job.status}; only enrolling or running jobs can be cancelled"
@@ -347,6 +352,7 @@ def _apply_round_deadline(session: Session, rt: Runtime, rnd: Round, now: dateti
             rnd.quorum,
             rnd.extensions + 1,
             policy.max_extensions,
+            extra={"job_id": str(rnd.job_id), "round_id": str(rnd.id), "round": rnd.number},
         )
         return
     fail_round(

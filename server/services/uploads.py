@@ -18,7 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
+from server.db.session import after_commit
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
+from server.observability.prometheus import UPLOADS_ACCEPTED
 from server.services import rounds
 from server.services.enrolment import mark_seen
 from server.services.runtime import Runtime
@@ -150,6 +152,7 @@ def _count(
     session.refresh(update)
     if not accepted:
         return _identical_retry(update, rnd, received.sha256), False
+    after_commit(session, UPLOADS_ACCEPTED.inc)
     if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
         rounds.request_aggregation(session, rt, rnd, now)
     return update, True
@@ -199,8 +202,8 @@ def parse_metrics(raw: str | None, max_bytes: int) -> dict[str, float]:
         raise PayloadTooLarge(f"Flaas-Metrics is larger than {max_bytes} bytes")
     try:
         value: Any = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("Flaas-Metrics must be a JSON object") from None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        raise InvalidRequest("Flaas-Metrics must be a flat JSON object") from None
     if not isinstance(value, dict) or len(value) > MAX_METRICS:
         raise InvalidRequest(
             f"Flaas-Metrics must be a JSON object of at most {MAX_METRICS} entries"
@@ -211,7 +214,11 @@ def parse_metrics(raw: str | None, max_bytes: int) -> dict[str, float]:
             raise InvalidRequest(
                 f"Flaas-Metrics entry {name[:100]!r} must map a short name to a number"
             )
-        if not math.isfinite(number):
-            raise InvalidRequest(f"Flaas-Metrics entry {name!r} is not finite")
-        metrics[name] = float(number)
+        try:
+            metric = float(number)
+        except OverflowError:  # an integer beyond float's range
+            raise InvalidRequest(f"Flaas-Metrics entry {name[:100]!r} is too large") from None
+        if not math.isfinite(metric):
+            raise InvalidRequest(f"Flaas-Metrics entry {name[:100]!r} is not finite")
+        metrics[name] = metric
     return metrics

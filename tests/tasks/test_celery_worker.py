@@ -55,4 +55,4 @@ def test_multi_round_job_through_a_celery_worker(
     # The coordinator only dispatched: the worker process aggregated every round.
     log = worker.log()
     assert log.count("Task flaas.aggregate_round[") >= 6 and "succeeded" in log, log
-    assert f"job {job['id']} finished after 3 rounds" in log, log
+    assert f"job {job['id']} finished: after 3 rounds" in log, log

@@ -7,8 +7,10 @@ marks the client seen.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -18,16 +20,19 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from server.api.deps import CurrentClient, RuntimeDep, UploadTargetDep, mark_seen_now
 from server.db.models import ClientUpdate
 from server.db.session import read_scope, session_scope
-from server.errors import AdapterRejected, DomainError, PayloadTooLarge
+from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
+from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
 from server.schemas.api import UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
 from server.services.runtime import Runtime
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/rounds", tags=["rounds"])
 
 CHUNK_WRITE_BYTES = 1 << 20
@@ -82,13 +87,30 @@ async def upload_update(
         return await _upload(
             request, target, runtime, flaas_num_samples, flaas_metrics, flaas_content_sha256
         )
-    except DomainError:
+    except DomainError as exc:
+        UPLOADS_REJECTED.labels(rejection_reason(exc)).inc()
         # Refused without a transaction of its own (a bad header, a body over the limit) or
         # in one that rolled back (409, 410): the client was seen all the same. Best effort:
         # the refusal is the answer, not a database error while marking.
         with contextlib.suppress(SQLAlchemyError):
             await run_in_threadpool(mark_seen_now, runtime, target.client)
         raise
+    except ClientDisconnect:
+        # A device losing its network mid-upload is routine: one line, no traceback. Nobody
+        # reads the answer (499: nginx's "client closed request", for the access log).
+        UPLOADS_REJECTED.labels("disconnected").inc()
+        log.info(
+            "upload for round %d of job %s: the client disconnected before the end of the body",
+            target.round_number,
+            target.job_id,
+            extra={
+                "job_id": str(target.job_id),
+                "round_id": str(target.round_id),
+                "round": target.round_number,
+                "client_id": str(target.client_id),
+            },
+        )
+        return Response(status_code=499)
 
 
 async def _upload(
@@ -111,7 +133,9 @@ async def _upload(
     if target.accepted_sha256 is not None and target.accepted_sha256 == flaas_content_sha256:
         return await run_in_threadpool(_retry_answer, runtime, target)
     with runtime.store.staging_file() as staged:
-        sha256, size = await _receive(request, staged, settings.max_upload_bytes)
+        sha256, size = await _receive(
+            request, staged, settings.max_upload_bytes, settings.upload_idle_timeout_s
+        )
         try:
             await run_in_threadpool(
                 validate_adapter,
@@ -135,13 +159,26 @@ async def _upload(
     return JSONResponse(body, status_code=201 if created else 200)
 
 
-async def _receive(request: Request, path: Path, limit: int) -> tuple[str, int]:
-    """Stream the body to ``path`` with its SHA-256, refusing it past ``limit`` bytes."""
+async def _receive(
+    request: Request, path: Path, limit: int, idle_timeout_s: float
+) -> tuple[str, int]:
+    """Stream the body to ``path`` with its SHA-256, refusing it past ``limit`` bytes (at
+    once: the answer closes the connection, ``observability.http``) or when no part of it
+    arrives for ``idle_timeout_s``."""
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray()
+    chunks = request.stream().__aiter__()
     with path.open("wb") as sink:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), idle_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no part of the update arrived for {idle_timeout_s:g} s; send it again"
+                ) from None
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the update is larger than the {limit}-byte limit")

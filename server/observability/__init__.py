@@ -1,0 +1,1 @@
+"""What an operator watches: Prometheus metrics, the lifecycle log, structured log lines."""
