@@ -10,7 +10,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
-from server.api import errors
+from server.api import docs, errors
 from server.api.routes import clients, health, jobs, metrics, rounds, scrape
 from server.config import Settings, get_settings
 from server.dashboard import routes as dashboard
@@ -110,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served by server.api.docs from vendored files (FastAPI's loads a CDN's).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.waiters = notifier.waiters
@@ -120,4 +123,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, jobs, clients, rounds, metrics, scrape):
         app.include_router(module.router)
     dashboard.install(app)
+    docs.install(app)
     return app

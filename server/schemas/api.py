@@ -205,6 +205,10 @@ class Health(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """The body of every 4xx: what went wrong and what to change."""
+    """The body of every error answer (4xx, 503): what went wrong and what to change."""
 
-    detail: str
+    detail: str = Field(description="One sentence for a person: what was refused and why")
+    tensor: str | None = Field(
+        default=None,
+        description="An upload refused for one tensor of its adapter: that tensor's name",
+    )

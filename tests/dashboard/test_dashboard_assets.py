@@ -1,4 +1,5 @@
-"""The dashboard's vendored assets match frontend/vendor.lock, and ship inside the package."""
+"""The vendored browser assets (dashboard, API reference) match frontend/vendor.lock, and ship
+inside the package."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import hashlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "server" / "dashboard" / "static"
+SERVER = ROOT / "server"
+STATIC = SERVER / "dashboard" / "static"
 
 
 def test_vendored_files_match_the_lock() -> None:
     lines = (ROOT / "frontend" / "vendor.lock").read_text().splitlines()
     entries = [line.split() for line in lines if line and not line.startswith("#")]
-    assert {name for _, _, name, _ in entries} >= {"uPlot.iife.min.js", "uPlot.min.css"}
+    assert {name for _, _, name, _ in entries} >= {
+        "dashboard/static/vendor/uPlot.iife.min.js",
+        "dashboard/static/vendor/uPlot.min.css",
+        "api/static/swagger-ui/swagger-ui-bundle.js",
+        "api/static/swagger-ui/swagger-ui.css",
+    }
     for package, version, name, sha256 in entries:
-        data = (STATIC / "vendor" / name).read_bytes()
+        data = (SERVER / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == sha256, f"{package}@{version} {name} changed"
 
 

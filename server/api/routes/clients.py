@@ -20,17 +20,29 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from server import errors
 from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep
+from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
 from server.db.models import Client
 from server.db.session import read_scope, session_scope
 from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, WaitTask
 from server.services import adapters, client_tasks, enrolment
 from server.services.runtime import Runtime
 
-router = APIRouter(prefix="/api/v1", tags=["clients"])
+router = APIRouter(
+    prefix="/api/v1", tags=["clients"], responses=error_responses(errors.Unauthorized, BUSY)
+)
 
 
-@router.get("/jobs/{job_id}/model", response_model=JobModel)
+@router.get(
+    "/jobs/{job_id}/model",
+    response_model=JobModel,
+    responses=error_responses(
+        errors.Unauthorized,
+        INVALID_INPUT,
+        notes={401: "No such job, or not its join token (one answer for both)"},
+    ),
+)
 def job_model(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) -> JobModel:
     """The job's model and training settings, for a device holding the join token: it loads the
     model and checks it is the same (``model.config_sha256``) before it profiles and enrols."""
@@ -38,7 +50,24 @@ def job_model(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) -
         return enrolment.job_model(session, job_id, join_token)
 
 
-@router.post("/jobs/{job_id}/clients", status_code=201, response_model=Enrolled)
+@router.post(
+    "/jobs/{job_id}/clients",
+    status_code=201,
+    response_model=Enrolled,
+    responses=error_responses(
+        BODY_NOT_JSON,
+        errors.Unauthorized,
+        errors.Conflict,
+        errors.Gone,
+        errors.InvalidRequest,
+        INVALID_INPUT,
+        notes={
+            401: "No such job, or not its join token (one answer for both)",
+            409: "The name is taken, the job is full, or the device's model is not the job's",
+            410: "The job has ended, or started and takes no late joiners",
+        },
+    ),
+)
 def enrol(
     job_id: uuid.UUID,
     body: EnrolRequest,
@@ -62,7 +91,17 @@ def enrol(
 @router.get(
     "/clients/me/adapter",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **error_responses(
+            errors.NotFound,
+            errors.Conflict,
+            notes={
+                404: "The job has no global adapter yet",
+                409: "This client has no rank yet (enrolment is still open)",
+            },
+        ),
+    },
 )
 def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> StreamingResponse:
     """The newest global adapter cut to this client's rank (safetensors): with the device's
@@ -99,7 +138,7 @@ def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
         return client_tasks.read_view(session, job_id, None)
 
 
-@router.get("/clients/me/task", response_model=ClientTask)
+@router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))
 async def my_task(
     client: CurrentClient,
     runtime: RuntimeDep,

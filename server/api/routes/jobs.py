@@ -13,13 +13,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
+from server import errors
 from server.api.deps import OperatorDep, RuntimeDep
+from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
 from server.api.pagination import PageParams
 from server.db.models import Job, JobStatus
 from server.db.session import read_scope, session_scope
 from server.schemas.api import (
     ClientOut,
-    ErrorOut,
     JobCreated,
     JobOut,
     Page,
@@ -29,7 +30,14 @@ from server.schemas.api import (
 from server.schemas.job_spec import JobSpec
 from server.services import adapters, export, jobs, queries
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[OperatorDep])
+router = APIRouter(
+    prefix="/api/v1/jobs",
+    tags=["jobs"],
+    dependencies=[OperatorDep],
+    responses=error_responses(errors.Unauthorized, BUSY),
+)
+# A list of a job's rows: no such job, a bad page (``limit`` over the coordinator's maximum).
+PAGE_OF_A_JOB = error_responses(errors.NotFound, errors.InvalidRequest, INVALID_INPUT)
 
 
 def _job_out(job: Job, clients: int) -> JobOut:
@@ -38,7 +46,12 @@ def _job_out(job: Job, clients: int) -> JobOut:
     return out
 
 
-@router.post("", status_code=201, response_model=JobCreated)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobCreated,
+    responses=error_responses(BODY_NOT_JSON, errors.InvalidRequest, INVALID_INPUT),
+)
 def create_job(spec: JobSpec, runtime: RuntimeDep) -> JobCreated:
     """Create a job; the response carries its join token, shown only once."""
     with session_scope(runtime.sessions) as session:
@@ -48,7 +61,9 @@ def create_job(spec: JobSpec, runtime: RuntimeDep) -> JobCreated:
         return JobCreated(**_job_out(job, 0).model_dump(), join_token=token)
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get(
+    "", response_model=Page[JobOut], responses=error_responses(errors.InvalidRequest, INVALID_INPUT)
+)
 def list_jobs(
     runtime: RuntimeDep, page: PageParams, status: Annotated[JobStatus | None, Query()] = None
 ) -> Page[JobOut]:
@@ -64,7 +79,9 @@ def list_jobs(
         )
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get(
+    "/{job_id}", response_model=JobOut, responses=error_responses(errors.NotFound, INVALID_INPUT)
+)
 def get_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """One job with its spec, progress and AutoRank evidence."""
     with read_scope(runtime.sessions) as session:
@@ -72,7 +89,13 @@ def get_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
         return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses=error_responses(
+        errors.NotFound, errors.Conflict, INVALID_INPUT, notes={409: "The job has already ended"}
+    ),
+)
 def cancel_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
     """Cancel an enrolling or running job; its open round stops accepting updates."""
     with session_scope(runtime.sessions) as session:
@@ -80,7 +103,7 @@ def cancel_job(job_id: uuid.UUID, runtime: RuntimeDep) -> JobOut:
         return _job_out(job, jobs.count_clients(session, [job.id]).get(job.id, 0))
 
 
-@router.get("/{job_id}/rounds", response_model=Page[RoundOut])
+@router.get("/{job_id}/rounds", response_model=Page[RoundOut], responses=PAGE_OF_A_JOB)
 def list_rounds(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundOut]:
     """The job's rounds in order (round 0 holds the initial adapter)."""
     with read_scope(runtime.sessions) as session:
@@ -88,7 +111,11 @@ def list_rounds(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Pag
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
-@router.get("/{job_id}/rounds/{number}", response_model=RoundDetail)
+@router.get(
+    "/{job_id}/rounds/{number}",
+    response_model=RoundDetail,
+    responses=error_responses(errors.NotFound, INVALID_INPUT),
+)
 def get_round(
     job_id: uuid.UUID, number: Annotated[int, Path(ge=0, le=1_000_000)], runtime: RuntimeDep
 ) -> RoundDetail:
@@ -97,7 +124,7 @@ def get_round(
         return queries.round_detail(session, job_id, number)
 
 
-@router.get("/{job_id}/clients", response_model=Page[ClientOut])
+@router.get("/{job_id}/clients", response_model=Page[ClientOut], responses=PAGE_OF_A_JOB)
 def list_clients(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[ClientOut]:
     """The job's clients with their statistics, ranks and contributions."""
     with read_scope(runtime.sessions) as session:
@@ -115,11 +142,15 @@ def list_clients(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Pa
             "adapter_model.safetensors and flaas_lineage.json",
             "content": {"application/octet-stream": {}, "application/zip": {}},
         },
-        404: {"model": ErrorOut, "description": "No such job, or no closed round yet"},
-        409: {
-            "model": ErrorOut,
-            "description": "format=peft for a job with no global B (FedSA, VeRA) or no model",
-        },
+        **error_responses(
+            errors.NotFound,
+            errors.NotExportable,
+            INVALID_INPUT,
+            notes={
+                404: "No such job, or no closed round yet",
+                409: "format=peft for a job with no global B (FedSA, VeRA) or no model",
+            },
+        ),
     },
 )
 def download_global_adapter(

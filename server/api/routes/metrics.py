@@ -17,7 +17,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from server import errors
 from server.api.deps import OperatorDep, RuntimeDep
+from server.api.errors import BUSY, INVALID_INPUT, error_responses
 from server.api.pagination import PageParams
 from server.db.models import JobStatus, UpdateStatus
 from server.db.session import read_scope
@@ -26,7 +28,13 @@ from server.schemas.metrics import ClientActivity, JobSummary, RoundMetrics
 from server.services import metrics
 from server.services.runtime import Runtime
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["monitoring"], dependencies=[OperatorDep])
+router = APIRouter(
+    prefix="/api/v1/jobs",
+    tags=["monitoring"],
+    dependencies=[OperatorDep],
+    responses=error_responses(errors.Unauthorized, BUSY),
+)
+PAGE_OF_A_JOB = error_responses(errors.NotFound, errors.InvalidRequest, INVALID_INPUT)
 
 EVENT_POLL_S = 1.0
 EVENT_KEEPALIVE_S = 15.0
@@ -34,7 +42,7 @@ EVENT_KEEPALIVE_S = 15.0
 EVENT_STREAM_S = 300.0
 
 
-@router.get("/{job_id}/metrics", response_model=Page[RoundMetrics])
+@router.get("/{job_id}/metrics", response_model=Page[RoundMetrics], responses=PAGE_OF_A_JOB)
 def round_metrics(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> Page[RoundMetrics]:
     """Per round: participation, stragglers, rejections, client metrics (mean, std, min, max),
     bytes up and down, phase durations and per-slice coverage. Ordered by round number."""
@@ -43,14 +51,20 @@ def round_metrics(job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams) -> P
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
-@router.get("/{job_id}/summary", response_model=JobSummary)
+@router.get(
+    "/{job_id}/summary",
+    response_model=JobSummary,
+    responses=error_responses(errors.NotFound, INVALID_INPUT),
+)
 def job_summary(job_id: uuid.UUID, runtime: RuntimeDep) -> JobSummary:
     """Client counts by state and by rank, and AutoRank's CRITIC weights."""
     with read_scope(runtime.sessions) as session:
         return metrics.job_summary(session, job_id)
 
 
-@router.get("/{job_id}/clients/activity", response_model=Page[ClientActivity])
+@router.get(
+    "/{job_id}/clients/activity", response_model=Page[ClientActivity], responses=PAGE_OF_A_JOB
+)
 def client_activity(
     job_id: uuid.UUID, runtime: RuntimeDep, page: PageParams
 ) -> Page[ClientActivity]:
@@ -64,7 +78,9 @@ def client_activity(
     return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
-@router.get("/{job_id}/rounds/{number}/updates", response_model=Page[UpdateOut])
+@router.get(
+    "/{job_id}/rounds/{number}/updates", response_model=Page[UpdateOut], responses=PAGE_OF_A_JOB
+)
 def round_updates(
     job_id: uuid.UUID,
     number: Annotated[int, Path(ge=0, le=1_000_000)],

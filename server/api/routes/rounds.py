@@ -22,7 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from server import errors
 from server.api.deps import CurrentClient, RuntimeDep, UploadTargetDep, mark_seen_now
+from server.api.errors import BUSY, INVALID_INPUT, error_responses
 from server.db.models import ClientUpdate
 from server.db.session import read_scope, session_scope
 from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
@@ -33,7 +35,9 @@ from server.services.adapter_format import validate_adapter
 from server.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/rounds", tags=["rounds"])
+router = APIRouter(
+    prefix="/api/v1/rounds", tags=["rounds"], responses=error_responses(errors.Unauthorized, BUSY)
+)
 
 CHUNK_WRITE_BYTES = 1 << 20
 
@@ -41,7 +45,16 @@ CHUNK_WRITE_BYTES = 1 << 20
 @router.get(
     "/{round_id}/adapter",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **error_responses(
+            errors.Forbidden,
+            errors.NotFound,
+            errors.Conflict,
+            INVALID_INPUT,
+            notes={409: "Round 0 trains nobody, or this client has no rank yet"},
+        ),
+    },
 )
 def download_adapter(
     round_id: uuid.UUID, client: CurrentClient, runtime: RuntimeDep
@@ -68,7 +81,29 @@ def download_adapter(
             },
         }
     },
-    responses={200: {"model": UpdateOut, "description": "Identical retry of an accepted update"}},
+    responses={
+        200: {"model": UpdateOut, "description": "Identical retry of an accepted update"},
+        **error_responses(
+            errors.Forbidden,
+            errors.NotFound,
+            errors.Conflict,
+            errors.Gone,
+            errors.PayloadTooLarge,
+            errors.InvalidRequest,
+            errors.AdapterRejected,
+            INVALID_INPUT,
+            notes={
+                409: "This client is not sampled in the round, or already uploaded a "
+                "different update",
+                410: "The round no longer accepts updates (aggregating, closed, failed)",
+                413: "The body is over FLAAS_MAX_UPLOAD_BYTES, or its safetensors header "
+                "or Flaas-Metrics over their limits",
+                422: "A bad Flaas-Num-Samples or Flaas-Metrics header, or an adapter that "
+                "breaks the upload contract (docs/upload-contract.md; `tensor` names the "
+                "tensor at fault); or an invalid round id",
+            },
+        ),
+    },
 )
 async def upload_update(
     round_id: uuid.UUID,
