@@ -65,7 +65,19 @@ def test_every_operation_declares_its_error_answers(api: TestClient) -> None:
 
 def test_the_upload_declares_every_refusal(api: TestClient) -> None:
     upload = _schema(api)["paths"]["/api/v1/rounds/{round_id}/update"]["put"]["responses"]
-    assert set(upload) == {"200", "201", "401", "403", "404", "409", "410", "413", "422", "503"}
+    assert set(upload) == {
+        "200",
+        "201",
+        "401",
+        "403",
+        "404",
+        "408",
+        "409",
+        "410",
+        "413",
+        "422",
+        "503",
+    }
     assert "`tensor`" in upload["422"]["description"]
 
 

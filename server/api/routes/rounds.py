@@ -89,6 +89,7 @@ def download_adapter(
             errors.Conflict,
             errors.Gone,
             errors.PayloadTooLarge,
+            errors.RequestTimeout,
             errors.InvalidRequest,
             errors.AdapterRejected,
             INVALID_INPUT,
