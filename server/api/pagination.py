@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import Depends, Query
 
 from server.api.deps import RuntimeDep
-from server.errors import InvalidRequest
+from server.api.errors import INVALID_INPUT, error_responses
+from server.errors import InvalidRequest, NotFound
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,8 @@ async def pagination(
 
 
 PageParams = Annotated[Pagination, Depends(pagination)]
+
+
+# The answers of a list of a job's rows: no such job, a bad page (``limit`` over the
+# coordinator's maximum), a malformed parameter.
+PAGE_OF_A_JOB = error_responses(NotFound, InvalidRequest, INVALID_INPUT)

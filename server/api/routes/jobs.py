@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from server import errors
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
-from server.api.pagination import PageParams
+from server.api.pagination import PAGE_OF_A_JOB, PageParams
 from server.db.models import Job, JobStatus
 from server.db.session import read_scope, session_scope
 from server.schemas.api import (
@@ -36,8 +36,6 @@ router = APIRouter(
     dependencies=[OperatorDep],
     responses=error_responses(errors.Unauthorized, BUSY),
 )
-# A list of a job's rows: no such job, a bad page (``limit`` over the coordinator's maximum).
-PAGE_OF_A_JOB = error_responses(errors.NotFound, errors.InvalidRequest, INVALID_INPUT)
 
 
 def _job_out(job: Job, clients: int) -> JobOut:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from server import errors
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.errors import BUSY, INVALID_INPUT, error_responses
-from server.api.pagination import PageParams
+from server.api.pagination import PAGE_OF_A_JOB, PageParams
 from server.db.models import JobStatus, UpdateStatus
 from server.db.session import read_scope
 from server.schemas.api import Page, UpdateOut
@@ -34,7 +34,6 @@ router = APIRouter(
     dependencies=[OperatorDep],
     responses=error_responses(errors.Unauthorized, BUSY),
 )
-PAGE_OF_A_JOB = error_responses(errors.NotFound, errors.InvalidRequest, INVALID_INPUT)
 
 EVENT_POLL_S = 1.0
 EVENT_KEEPALIVE_S = 15.0
