@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     or ``flaas worker --beat``).
     """
     settings = settings or get_settings()
-    engine = engine_for(settings)
+    # No pre-ping: it cost every request a round trip and a transaction (bench/request_cost.py,
+    # README "Benchmarks"); a connection the database dropped is answered 503 once instead.
+    engine = engine_for(settings, pre_ping=False)
     probe_engine = make_probe_engine(settings.database_url)
     worker: EmbeddedWorker | None = None
     dispatch: Any

@@ -76,25 +76,41 @@ class Waiters:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lock = threading.Lock()  # guards _jobs and _count; never held across an await
+        # Guards everything below; never held across an await.
+        self._lock = threading.Lock()
         self._jobs: dict[uuid.UUID, _Job] = {}
         self._count = 0
+        # Announcements heard so far, and the number at which each job (or every job, for
+        # wake_all) was last announced: what ``mark`` and ``waiting(since=)`` compare.
+        self._sequence = 0
+        self._job_announced_at: dict[uuid.UUID, int] = {}
+        self._all_announced_at = 0
 
     @property
     def count(self) -> int:
         """Requests waiting now."""
         return self._count
 
+    def mark(self) -> int:
+        """The announcements heard so far: taken before a read, passed to ``waiting`` after
+        it, so that no announcement falls between the read and the wait."""
+        with self._lock:
+            return self._sequence
+
     @contextlib.contextmanager
-    def waiting(self, job_id: uuid.UUID) -> Iterator[asyncio.Event | None]:
-        """An event set whenever ``job_id`` is announced, or None when ``limit`` requests
-        already wait (the caller answers at once). Call on the event loop."""
+    def waiting(self, job_id: uuid.UUID, since: int) -> Iterator[asyncio.Event | None]:
+        """An event set whenever ``job_id`` is announced, already set if it was announced
+        after ``mark()`` returned ``since``; None when ``limit`` requests already wait (the
+        caller answers at once). Call on the event loop."""
         waiter = _Waiter(asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             admitted = self._count < self.limit
             if admitted:
                 self._jobs.setdefault(job_id, _Job()).waiters.add(waiter)
                 self._count += 1
+                announced = max(self._job_announced_at.get(job_id, 0), self._all_announced_at)
+                if announced > since:
+                    waiter.event.set()
         try:
             yield waiter.event if admitted else None
         finally:
@@ -128,6 +144,8 @@ class Waiters:
     def wake(self, job_id: uuid.UUID) -> None:
         """Wake the requests waiting for ``job_id`` (thread-safe)."""
         with self._lock:
+            self._sequence += 1
+            self._job_announced_at[job_id] = self._sequence  # one number per job announced
             job = self._jobs.get(job_id)
             if job is None:
                 return
@@ -138,6 +156,8 @@ class Waiters:
     def wake_all(self) -> None:
         """Wake every waiting request (after notifications may have been lost)."""
         with self._lock:
+            self._sequence += 1
+            self._all_announced_at = self._sequence
             for job in self._jobs.values():
                 job.announced += 1
             waiting = [w for job in self._jobs.values() for w in job.waiters]

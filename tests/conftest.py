@@ -69,3 +69,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     require_postgres()
     yield from _fresh_postgres_database()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """An empty database on the PostgreSQL server, for what SQLite has no counterpart of."""
+    require_postgres()
+    yield from _fresh_postgres_database()

@@ -1,4 +1,5 @@
-"""Waiters: the requests one announcement wakes share one read, never one begun before it."""
+"""Waiters: the requests one announcement wakes share one read, never one begun before it, and
+no announcement falls between a request's read and its wait."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def test_woken_waiters_share_one_read_begun_after_the_announcement() -> None:
         return number
 
     async def scenario() -> None:
-        with waiters.waiting(job), waiters.waiting(job), waiters.waiting(job):
+        with (
+            waiters.waiting(job, waiters.mark()),
+            waiters.waiting(job, waiters.mark()),
+            waiters.waiting(job, waiters.mark()),
+        ):
             waiters.wake(job)
             first = [asyncio.create_task(waiters.shared(job, read)) for _ in range(3)]
             await asyncio.sleep(0.05)
@@ -56,7 +61,7 @@ def test_a_failed_read_is_not_shared_with_the_next_waiter() -> None:
         return "view"
 
     async def scenario() -> None:
-        with waiters.waiting(job):
+        with waiters.waiting(job, waiters.mark()):
             waiters.wake(job)
             try:
                 await waiters.shared(job, failing)
@@ -82,7 +87,7 @@ def test_a_request_that_goes_away_does_not_cancel_the_shared_read() -> None:
         return "view"
 
     async def scenario() -> None:
-        with waiters.waiting(job), waiters.waiting(job):
+        with waiters.waiting(job, waiters.mark()), waiters.waiting(job, waiters.mark()):
             waiters.wake(job)
             leaving = asyncio.create_task(waiters.shared(job, read))
             staying = asyncio.create_task(waiters.shared(job, read))
@@ -91,5 +96,27 @@ def test_a_request_that_goes_away_does_not_cancel_the_shared_read() -> None:
             release.set()
             assert await staying == "view"
             assert len(reads) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_announcement_during_the_read_is_seen_by_the_wait() -> None:
+    job, other = uuid.uuid4(), uuid.uuid4()
+    waiters = Waiters(limit=10)
+
+    async def scenario() -> None:
+        since = waiters.mark()  # the request's read begins
+        waiters.wake(other)
+        with waiters.waiting(job, since) as changed:  # another job's news: keep waiting
+            assert changed is not None and not changed.is_set()
+        waiters.wake(job)  # the job changed while (or after) the read ran
+        with waiters.waiting(job, since) as changed:
+            assert changed is not None and changed.is_set()
+        with waiters.waiting(job, waiters.mark()) as changed:  # read after it: nothing new
+            assert changed is not None and not changed.is_set()
+        since = waiters.mark()
+        waiters.wake_all()  # notifications may have been lost: every job re-reads
+        with waiters.waiting(other, since) as changed:
+            assert changed is not None and changed.is_set()
 
     asyncio.run(scenario())

@@ -14,10 +14,12 @@ thread, so a saturated thread budget does not delay them (nor ``/readyz``, which
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
@@ -30,6 +32,8 @@ from server.security import matches_any
 from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
 from server.services.runtime import Runtime
+
+T = TypeVar("T")
 
 
 class ExactBearer(HTTPBearer):
@@ -95,15 +99,31 @@ async def require_operator(credentials: Bearer, runtime: RuntimeDep, request: Re
 OperatorDep = Depends(require_operator)
 
 
+def read_as_client(
+    runtime: Runtime, token: str, read: Callable[[Session, Client], T]
+) -> tuple[Client, T]:
+    """Authenticate the client holding ``token`` and ``read`` what its request needs, in one
+    short read-only transaction, then mark the client seen (``mark_seen_now``). Call on a
+    request thread: the routes clients poll (their task, their adapter) read this way, one
+    transaction per request instead of one for the credential and one for the answer."""
+    client: Client | None = None
+    try:
+        with read_scope(runtime.sessions) as session:
+            client = authenticate_client(session, token)
+            result = read(session, client)
+    finally:  # after the read's transaction ended; a refused request marks its client seen too
+        if client is not None:
+            mark_seen_now(runtime, client)
+    return client, result
+
+
 def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
     """The authenticated client, read in a short read-only transaction (begun and ended on
-    this dependency's one request thread), then marked seen (``mark_seen_now``).
+    this dependency's one request thread), then marked seen.
 
     Streaming routes use it too, so no database connection is held while a body uploads.
     """
-    with read_scope(runtime.sessions) as session:
-        client = authenticate_client(session, token)
-    mark_seen_now(runtime, client)
+    client, _ = read_as_client(runtime, token, lambda _session, _client: None)
     return client
 
 

@@ -180,6 +180,9 @@ def busy_reason(exc: Exception) -> str | None:
     """Why the database turned the request away for now, or None if ``exc`` is a real error."""
     if isinstance(exc, sa_exc.TimeoutError):
         return "every database connection is in use (the connection pool timed out)"
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        # The pool is invalidated with it: the retry gets a new connection.
+        return "the database connection was lost (the database restarted or dropped it)"
     if isinstance(exc, sa_exc.OperationalError):
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if sqlstate in BUSY_SQLSTATES:
@@ -205,4 +208,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _invalid_input)
     app.add_exception_handler(sa_exc.TimeoutError, _database_busy)
-    app.add_exception_handler(sa_exc.OperationalError, _database_busy)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_busy)

@@ -40,15 +40,20 @@ def make_engine(
     pool_size: int = 10,
     max_overflow: int = 20,
     pool_timeout_s: float = 30.0,
+    pre_ping: bool = True,
 ) -> Engine:
     """An engine for ``url``; SQLite gets its pragmas on every connection (``_sqlite_pragmas``:
     WAL, ``synchronous=NORMAL``, a busy timeout, foreign keys) and its parent folder created.
 
     The coordinator and the workers size the pool from their settings (``engine_for``).
+    ``pre_ping`` tests each connection as it leaves the pool (on PostgreSQL a round trip and a
+    transaction of its own); without it a connection the server dropped fails its request
+    once, the whole pool is invalidated, and the request is answered 503
+    (``server.api.errors.busy_reason``).
     """
     url = normalise_database_url(url)
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping}
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -66,13 +71,14 @@ def make_engine(
     return create_engine(url, **pool, **kwargs)
 
 
-def engine_for(settings: Settings) -> Engine:
+def engine_for(settings: Settings, *, pre_ping: bool = True) -> Engine:
     """The process's engine, its pool sized against the thread budget (``Settings``)."""
     return make_engine(
         settings.database_url,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_max_overflow,
         pool_timeout_s=settings.database_pool_timeout_s,
+        pre_ping=pre_ping,
     )
 
 

@@ -93,6 +93,31 @@ def test_a_saturated_pool_answers_503_with_retry_after(api: TestClient, settings
     assert counted["enrolled_clients"] == 1  # the refused attempt left nothing behind
 
 
+@pytest.mark.postgres
+def test_a_connection_the_database_dropped_is_answered_503_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # The coordinator's pool does not ping a connection before lending it (a round trip and a
+    # transaction per request): a dropped one fails its request with a 503, never a 500,
+    # and the pool is renewed for the next.
+    settings = settings_for(postgres_url, tmp_path / "adapters", scheduler_interval_s=60)
+    with coordinator(settings) as api:
+        job = api.post("/api/v1/jobs", json=job_spec(), headers=operator(api)).json()
+        assert engine_of(api).pool.checkedin() >= 1  # type: ignore[attr-defined]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert dropped is not None and dropped[0] >= 1
+        lost = api.get(f"/api/v1/jobs/{job['id']}", headers=operator(api))
+        assert lost.status_code == 503, lost.text
+        assert int(lost.headers["retry-after"]) >= 1
+        assert "connection was lost" in lost.json()["detail"]
+        again = api.get(f"/api/v1/jobs/{job['id']}", headers=operator(api))
+        assert again.status_code == 200, again.text
+
+
 def _operational(orig: Exception) -> sa_exc.OperationalError:
     return sa_exc.OperationalError("SELECT 1", {}, orig)
 

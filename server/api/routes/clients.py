@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from server import errors
-from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep
+from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep, read_as_client
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
 from server.db.models import Client
 from server.db.session import read_scope, session_scope
@@ -125,11 +125,10 @@ WAIT_DESCRIPTION = (
 )
 
 
-def _task_now(runtime: Runtime, client: Client) -> ClientTask:
-    """The client's task, read in one short read-only transaction (no commit) ended before it
-    returns."""
-    with read_scope(runtime.sessions) as session:
-        return client_tasks.next_task(session, client)
+def _task_now(runtime: Runtime, token: str) -> tuple[Client, ClientTask]:
+    """The client and its task, read in one short read-only transaction (no commit) ended
+    before it returns."""
+    return read_as_client(runtime, token, client_tasks.next_task)
 
 
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
@@ -140,25 +139,22 @@ def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
 
 @router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))
 async def my_task(
-    client: CurrentClient,
+    token: BearerToken,
     runtime: RuntimeDep,
     waiters: WaitersDep,
     wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description=WAIT_DESCRIPTION)] = 0.0,
 ) -> ClientTask:
     """What this client should do now: wait, train, or stop because the job ended."""
     seconds = min(wait, runtime.settings.task_wait_max_s)
-    if seconds <= 0:
-        return await run_in_threadpool(_task_now, runtime, client)
+    # Taken before the read: an announcement during the read is seen by the wait below.
+    since = waiters.mark()
+    client, task = await run_in_threadpool(_task_now, runtime, token)
+    if seconds <= 0 or not isinstance(task, WaitTask):
+        return task
     deadline = time.monotonic() + seconds
-    with waiters.waiting(client.job_id) as changed:
+    with waiters.waiting(client.job_id, since) as changed:
         if changed is None:  # the waiter limit: answer now; polled again after about the wait
-            task = await run_in_threadpool(_task_now, runtime, client)
-            if isinstance(task, WaitTask):
-                return task.model_copy(update={"retry_after": seconds * random.uniform(0.5, 1)})
-            return task
-        # Registered before the read: an announcement during the read makes the wait below
-        # return at once, so none falls between the read and the wait.
-        task = await run_in_threadpool(_task_now, runtime, client)
+            return task.model_copy(update={"retry_after": seconds * random.uniform(0.5, 1)})
         while isinstance(task, WaitTask):
             try:
                 await asyncio.wait_for(changed.wait(), deadline - time.monotonic())

@@ -19,13 +19,20 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from server import errors
-from server.api.deps import CurrentClient, RuntimeDep, UploadTargetDep, mark_seen_now
+from server.api.deps import (
+    BearerToken,
+    RuntimeDep,
+    UploadTargetDep,
+    mark_seen_now,
+    read_as_client,
+)
 from server.api.errors import BUSY, INVALID_INPUT, error_responses
-from server.db.models import ClientUpdate
+from server.db.models import Client, ClientUpdate
 from server.db.session import read_scope, session_scope
 from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
 from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
@@ -57,11 +64,14 @@ CHUNK_WRITE_BYTES = 1 << 20
     },
 )
 def download_adapter(
-    round_id: uuid.UUID, client: CurrentClient, runtime: RuntimeDep
+    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep
 ) -> StreamingResponse:
     """The global adapter this round starts from, cut to the client's rank (safetensors)."""
-    with read_scope(runtime.sessions) as session:
-        key = adapters.client_adapter_key(session, runtime, client, round_id)
+
+    def key_of(session: Session, client: Client) -> str:
+        return adapters.client_adapter_key(session, runtime, client, round_id)
+
+    _, key = read_as_client(runtime, token, key_of)
     return StreamingResponse(
         runtime.store.iter_chunks(key),
         media_type="application/octet-stream",
