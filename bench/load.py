@@ -258,7 +258,9 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
     limits = httpx.Limits(max_connections=args.concurrency + 10)
     timeout = httpx.Timeout(120)
     async with httpx.AsyncClient(base_url=deployed.url, timeout=timeout, limits=limits) as http:
-        spec = job_spec(f"load-{args.clients}", args.clients, args.rounds)
+        spec = job_spec(
+            f"load-{args.clients}", args.clients, args.rounds, sampling={"fraction": args.fraction}
+        )
         job = (await http.post("/api/v1/jobs", json=spec, headers=OPERATOR)).json()
         stop = asyncio.Event()
         health: list[float] = []
@@ -342,6 +344,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--wait", type=float, default=20.0, help="task long-poll seconds")
+    parser.add_argument(
+        "--fraction", type=float, default=1.0, help="clients sampled per round (a fraction)"
+    )
     parser.add_argument("--retry-fraction", type=float, default=0.1)
     parser.add_argument("--train-s", type=float, default=0.0, help="mean simulated training")
     parser.add_argument("--mode", choices=MODES, default="postgres")

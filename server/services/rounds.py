@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -42,7 +41,6 @@ from server.db.models import (
     Round,
     RoundStatus,
     UpdateStatus,
-    utcnow,
 )
 from server.db.session import after_commit
 from server.errors import Conflict
@@ -59,8 +57,6 @@ from server.services.strategies import (
 )
 from server.storage import global_key
 from server.tensors import save_adapter
-
-log = logging.getLogger(__name__)
 
 
 def transition(
@@ -294,74 +290,6 @@ def cancel_job(session: Session, rt: Runtime, job: Job, now: datetime) -> Job:
             return job
     raise Conflict(
         f"job {job.id} is already {job.status}; only enrolling or running jobs can be cancelled"
-    )
-
-
-def tick(session: Session, rt: Runtime, now: datetime | None = None) -> None:
-    """Apply every deadline that has passed: enrolment windows and round deadlines."""
-    now = now or utcnow()
-    for job in session.scalars(
-        select(Job).where(Job.status == JobStatus.ENROLLING, Job.enrolment_deadline_at <= now)
-    ):
-        _close_enrolment_at_deadline(session, rt, job, now)
-    for rnd in session.scalars(
-        select(Round).where(Round.status == RoundStatus.OPEN, Round.deadline_at <= now)
-    ):
-        _apply_round_deadline(session, rt, rnd, now)
-
-
-def _close_enrolment_at_deadline(session: Session, rt: Runtime, job: Job, now: datetime) -> None:
-    spec = spec_of(job)
-    enrolled = (
-        session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
-    )
-    if enrolled >= spec.enrolment.min_clients:
-        start_job(session, rt, job, now)
-    else:
-        fail_job(
-            session,
-            rt,
-            job.id,
-            f"enrolment closed with {enrolled} client(s); the job needs at least "
-            f"{spec.enrolment.min_clients}",
-            now,
-        )
-
-
-def _apply_round_deadline(session: Session, rt: Runtime, rnd: Round, now: datetime) -> None:
-    accepted = accepted_count(session, rnd.id)
-    if accepted >= rnd.quorum:
-        request_aggregation(session, rt, rnd, now)
-        return
-    job = session.get_one(Job, rnd.job_id)
-    policy = spec_of(job).round
-    if policy.on_deadline == "extend" and rnd.extensions < policy.max_extensions:
-        transition(
-            session,
-            Round,
-            rnd.id,
-            RoundStatus.OPEN,
-            extensions=rnd.extensions + 1,
-            deadline_at=now + timedelta(seconds=policy.timeout_s),
-        )
-        log.warning(
-            "round %s (#%d) deadline passed with %d/%d updates: extended (%d/%d)",
-            rnd.id,
-            rnd.number,
-            accepted,
-            rnd.quorum,
-            rnd.extensions + 1,
-            policy.max_extensions,
-            extra={"job_id": str(rnd.job_id), "round_id": str(rnd.id), "round": rnd.number},
-        )
-        return
-    fail_round(
-        session,
-        rt,
-        rnd.id,
-        f"deadline passed with {accepted} update(s) of the {rnd.quorum} needed "
-        f"(after {rnd.extensions} extension(s))",
-        now,
     )
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from server.db.models import Job, JobStatus, Round, RoundStatus
 from server.db.session import after_commit, read_scope, session_scope
-from server.services import rounds
+from server.services import deadlines
 from server.services.runtime import Runtime
 from server.services.sharding import ensure_plan, shards_of
 from server.services.strategies import spec_of
@@ -57,7 +57,7 @@ def check_due(session: Session, now: datetime) -> bool:
 def periodic_check(session: Session, rt: Runtime, now: datetime) -> None:
     """What the scheduler (embedded thread or Celery beat) runs every ``scheduler_interval_s``:
     passed deadlines and aggregations without progress."""
-    rounds.tick(session, rt, now)
+    deadlines.apply_passed(session, rt, now)
     redispatch_stale(session, rt, now)
 
 
