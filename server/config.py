@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 DEVELOPMENT_OPERATOR_KEY = "flaas-dev-operator-key"
 # Threads of the coordinator besides the request threads that may hold a pooled connection at
@@ -202,16 +204,10 @@ class Settings(BaseSettings):
     def _refuse_default_key_outside_development(self) -> Settings:
         if not self.operator_keys or any(not k for k in self.operator_keys):
             raise ValueError("FLAAS_OPERATOR_KEYS must hold at least one non-empty key")
-        if DEVELOPMENT_OPERATOR_KEY in self.operator_keys:
-            if self.environment != "development":
-                raise ValueError(
-                    "the development operator key is refused outside development: "
-                    "set FLAAS_OPERATOR_KEYS to your own secret(s)"
-                )
-            warnings.warn(
-                "using the development operator key; set FLAAS_OPERATOR_KEYS before exposing "
-                "this coordinator",
-                stacklevel=2,
+        if self.uses_development_key and self.environment != "development":
+            raise ValueError(
+                "the development operator key is refused outside development: "
+                "set FLAAS_OPERATOR_KEYS to your own secret(s)"
             )
         if any(len(k) < 16 for k in self.operator_keys) and self.environment != "development":
             raise ValueError("operator keys must be at least 16 characters outside development")
@@ -235,6 +231,11 @@ class Settings(BaseSettings):
                 "derive them"
             )
         return self
+
+    @property
+    def uses_development_key(self) -> bool:
+        """Whether the well-known development operator key opens the operator API."""
+        return DEVELOPMENT_OPERATOR_KEY in self.operator_keys
 
     @property
     def pool_connections_needed(self) -> int:
@@ -267,3 +268,21 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def warn_if_development_key(settings: Settings) -> None:
+    """Log, once per process, that ``settings`` accept the development operator key.
+
+    Called by the coordinator once logging is configured, so the warning is a line like any
+    other; settings are built earlier (and more than once), where a Python warning would be
+    printed bare, with a file path."""
+    if settings.uses_development_key:
+        _warn_development_key()
+
+
+@cache  # once per process
+def _warn_development_key() -> None:
+    log.warning(
+        "using the development operator key; set FLAAS_OPERATOR_KEYS before exposing this "
+        "coordinator"
+    )

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from server.api import docs, errors
 from server.api.routes import clients, health, jobs, metrics, rounds, scrape
-from server.config import Settings, get_settings
+from server.config import Settings, get_settings, warn_if_development_key
 from server.dashboard import routes as dashboard
 from server.db.session import (
     engine_for,
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     or ``flaas worker --beat``).
     """
     settings = settings or get_settings()
+    warn_if_development_key(settings)  # entry points configure logging before this
     # No pre-ping: it cost every request a round trip and a transaction (bench/request_cost.py,
     # README "Benchmarks"); a connection the database dropped is answered 503 once instead.
     engine = engine_for(settings, pre_ping=False)

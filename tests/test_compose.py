@@ -21,6 +21,7 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEYS?$|ACCESS_KEY")
 REFERENCE = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
 URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
 ONE_SHOT = {"minio-bucket"}  # runs once and exits (coordinator waits for it to complete)
+FLAAS = ("coordinator", "worker", "beat")  # the containers of the flaas image
 
 
 def _compose() -> dict[str, Any]:
@@ -53,6 +54,21 @@ def test_only_the_coordinator_publishes_ports() -> None:
     assert _compose()["services"]["coordinator"]["ports"] == ["8000:8000"]
     minio = _compose()["services"]["minio"]
     assert "--console-address" not in minio["command"] and minio["environment"]["MINIO_BROWSER"]
+
+
+def test_metrics_samples_and_scrape_ports() -> None:
+    services = _compose()["services"]
+    for name in FLAAS:
+        service = services[name]
+        samples = service["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert samples in service["tmpfs"], f"{name}: its sample directory is no tmpfs of its own"
+        assert service["environment"]["FLAAS_METRICS_TOKEN"] == "${FLAAS_METRICS_TOKEN:-}"
+    worker = services["worker"]
+    command = worker["command"]
+    assert command[command.index("--metrics-port") + 1] == "9100"
+    assert worker["expose"] == ["9100"]  # on the compose network (only the coordinator publishes)
+    example = (ROOT / ".env.example").read_text().splitlines()
+    assert "FLAAS_METRICS_TOKEN=" in example
 
 
 def test_every_service_has_a_healthcheck() -> None:

@@ -28,7 +28,7 @@ from server.db.models import Client, utcnow
 from server.db.session import read_scope, session_scope
 from server.errors import DomainError, Unauthorized
 from server.notify import Waiters
-from server.security import matches_any
+from server.security import bearer_token_of, matches_any
 from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
 from server.services.runtime import Runtime
@@ -37,19 +37,17 @@ T = TypeVar("T")
 
 
 class ExactBearer(HTTPBearer):
-    """``Authorization: Bearer <token>`` taken exactly as sent.
+    """``Authorization: Bearer <token>`` taken exactly as sent (``bearer_token_of``).
 
     FastAPI's ``HTTPBearer`` strips the token, so ``Bearer  <key>`` or ``Bearer <key><TAB>``
-    authenticated as ``<key>``: a credential must be the one issued, byte for byte. (The HTTP
-    server already drops whitespace at the very end of a header value, as RFC 9110 says it
-    is not part of the value: that much cannot reach the app.)
+    authenticated as ``<key>``.
     """
 
     async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
-        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token_of(request.headers.get("Authorization"))
+        if token is None:
             return None
-        return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        return HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
 
 
 bearer = ExactBearer(

@@ -6,15 +6,16 @@ HTTP middleware for requests). Levels (clients by state, jobs by status, the bro
 are read when Prometheus scrapes (``observability.collectors``), never kept in memory.
 
 One process keeps its counters in the default registry. Several (uvicorn ``--workers``,
-Celery's prefork pool, a worker beside its coordinator) share them through
-``PROMETHEUS_MULTIPROC_DIR``, a directory every process of one machine writes its samples
-to: prometheus_client reads the variable when it is imported, and the scrape sums the
-directory's files (README, "Operations").
+Celery's prefork pool) share them through ``PROMETHEUS_MULTIPROC_DIR``, a directory each of
+their processes writes its samples to (``observability.multiprocess``): prometheus_client
+reads the variable when it is imported, and the scrape sums the directory's files. The
+coordinator's ``GET /metrics`` and a worker's exporter (``observability.exporter``) serve
+the same exposition and ask the same question of a scrape's credentials (README,
+"Operations").
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
@@ -38,8 +39,9 @@ from server.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
+from server.observability.multiprocess import multiprocess_dir
+from server.security import bearer_token_of, matches_any
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # no *_created series: they double the output and say little
 
 HTTP_REQUESTS = Counter(
@@ -116,11 +118,6 @@ def rejection_reason(exc: DomainError) -> str:
     return "other"
 
 
-def multiprocess_dir() -> str | None:
-    """The shared sample directory, when this process runs in multiprocess mode."""
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
-
-
 class _ThisProcess(Collector):
     """The default registry's metrics (this process's counters), for a per-scrape registry."""
 
@@ -139,3 +136,16 @@ def exposition(levels: Iterable[Collector]) -> bytes:
     for collector in levels:
         registry.register(collector)
     return generate_latest(registry)
+
+
+SCRAPE_NEEDS_TOKEN = "GET /metrics needs 'Authorization: Bearer <FLAAS_METRICS_TOKEN>'"
+
+
+def scrape_allowed(token: str | None, authorization: str | None) -> bool:
+    """Whether a scrape that sent ``authorization`` (its Authorization header) may read the
+    exposition: always while ``token`` (``FLAAS_METRICS_TOKEN``) is unset, else only with
+    that token as its Bearer credential, exactly as sent."""
+    if token is None:
+        return True
+    presented = bearer_token_of(authorization)
+    return presented is not None and matches_any(presented, [token])

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,18 @@ def worker_env(database_url: str, storage: Path, broker_url: str, **extra: str) 
 class Worker:
     """``flaas worker`` in its own process group (SIGKILL takes its pool children too)."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, name: str, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        name: str,
+        concurrency: int = 1,
+        options: Sequence[str] = (),
+    ) -> None:
         self.env = env
         self.name = name
         self.concurrency = concurrency
+        self.options = list(options)
         self.log_path = workdir / f"worker-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -106,6 +114,7 @@ class Worker:
             [
                 *(sys.executable, "-m", "server.cli", "worker", "--hostname", f"{self.name}@%h"),
                 f"--concurrency={self.concurrency}",
+                *self.options,
             ],
             env=self.env,
             stdout=self.log_path.open("ab"),
@@ -129,15 +138,18 @@ class Worker:
             self.process.wait(timeout=10)
         self.process = None
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM (a warm shutdown), SIGKILL after 20 s; the exit status, if it was running."""
+        status = None
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                status = self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                status = self.process.wait()
         self.process = None
+        return status
 
 
 class Driver:

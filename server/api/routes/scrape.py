@@ -11,20 +11,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.api.deps import Bearer, RuntimeDep
+from server.api.deps import RuntimeDep
 from server.errors import Unauthorized
-from server.observability.prometheus import exposition
-from server.security import matches_any
+from server.observability.prometheus import SCRAPE_NEEDS_TOKEN, exposition, scrape_allowed
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/metrics")
-def scrape(request: Request, runtime: RuntimeDep, credentials: Bearer) -> Response:
+def scrape(request: Request, runtime: RuntimeDep) -> Response:
     """Every counter, histogram and level, in Prometheus' text format."""
-    token = runtime.settings.metrics_token
-    if token is not None and (
-        credentials is None or not matches_any(credentials.credentials, [token])
-    ):
-        raise Unauthorized("GET /metrics needs 'Authorization: Bearer <FLAAS_METRICS_TOKEN>'")
+    if not scrape_allowed(runtime.settings.metrics_token, request.headers.get("Authorization")):
+        raise Unauthorized(SCRAPE_NEEDS_TOKEN)
     return Response(exposition(request.app.state.metric_levels), media_type=CONTENT_TYPE_LATEST)
