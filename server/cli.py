@@ -18,20 +18,38 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from server.observability.multiprocess import process_samples
 
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
+    # Before anything imports prometheus_client: several processes count in shared files.
+    with process_samples(private=args.workers > 1):
+        return _serve_with_samples(args)
+
+
+def _serve_with_samples(args: argparse.Namespace) -> int:
     from server.config import get_settings
     from server.db.migrate import upgrade
-    from server.main import create_app
+    from server.notify import redis_url_of
     from server.observability.logs import configure_logging
-    from server.serving import uvicorn_config
+    from server.serving import serve
 
     settings = get_settings()
     configure_logging(settings.log_format, args.log_level)
+    if args.workers > 1 and redis_url_of(settings.broker_url) is None:
+        raise SystemExit(
+            f"error: --workers {args.workers} needs FLAAS_BROKER_URL=redis://... : the "
+            "coordinator's processes tell each other of round changes through Redis, and "
+            "Celery workers aggregate (`flaas worker`)"
+        )
     if not args.no_migrate:
         upgrade(settings.database_url)
-    print(f"flaas coordinator on http://{args.host}:{args.port}  (API docs at /docs)", flush=True)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, args.host, args.port)).run()
+    processes = f", {args.workers} processes" if args.workers > 1 else ""
+    print(
+        f"flaas coordinator on http://{args.host}:{args.port}  (API docs at /docs{processes})",
+        flush=True,
+    )
+    serve(settings, args.host, args.port, args.workers)
     return 0
 
 
@@ -117,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest level logged (debug adds the access lines of polls and probes)",
     )
     serve.add_argument("--no-migrate", action="store_true", help="skip `flaas migrate` at start")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="coordinator processes sharing the port (default 1; more use more cores and "
+        "need a Redis FLAAS_BROKER_URL and Celery workers)",
+    )
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema")

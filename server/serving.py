@@ -8,11 +8,19 @@ slot of the process's file descriptors, for ever. ``HeadTimeoutProtocol`` closes
 connection whose head is not complete within ``request_head_timeout_s`` of the connection
 opening or of the previous response. A stalled body is the upload route's to time out (it
 knows where a body is expected: ``upload_idle_timeout_s``, answered 408).
+
+``serve`` runs one coordinator process, or several on one port (``flaas serve --workers N``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -20,6 +28,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
@@ -75,3 +85,78 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
         log_config=None,
         log_level=None,
     )
+
+
+def serve(settings: Settings, host: str, port: int, processes: int) -> None:
+    """Serve the coordinator on ``host:port`` until stopped: in this process, or in
+    ``processes`` forked ones sharing one listening socket (each its own app, event loop,
+    request threads and database pool; the kernel hands each connection to one of them).
+
+    A coordinator process runs Python under one GIL, so its request throughput is bounded by
+    one core (README, "Concurrency model"); several processes use several. They learn of each
+    other's transitions through Redis (``server.notify``), which ``flaas serve`` requires for
+    ``--workers`` above 1. SIGTERM or SIGINT stops them all; if one dies, the rest are
+    stopped and the command fails, for the supervisor (systemd, Docker) to restart it whole.
+    """
+    from server.main import create_app
+
+    if processes == 1:
+        uvicorn.Server(uvicorn_config(create_app(settings), settings, host, port)).run()
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(LISTEN_BACKLOG)
+    children = [_fork_server(create_app, settings, listener, host, port) for _ in range(processes)]
+    listener.close()
+    _supervise(children)
+
+
+LISTEN_BACKLOG = 2048  # uvicorn's default
+
+
+def _fork_server(
+    create_app: Callable[[Settings], Any],
+    settings: Settings,
+    listener: socket.socket,
+    host: str,
+    port: int,
+) -> int:
+    """A child process serving a new app on ``listener`` (its pid, in the parent)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        config = uvicorn_config(create_app(settings), settings, host, port)
+        uvicorn.Server(config).run(sockets=[listener])
+        code = 0
+    finally:
+        os._exit(code)  # never return into the parent's code
+
+
+def _supervise(children: list[int]) -> None:
+    running = set(children)
+    stopping = False
+
+    def stop(_signum: int = 0, _frame: Any = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failed = False
+    while running:
+        pid, status = os.wait()
+        running.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if not stopping:
+            log.error("coordinator process %d exited (%d): stopping the others", pid, code)
+            failed = True
+            stop()
+    if failed:
+        raise SystemExit(1)

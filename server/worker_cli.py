@@ -90,9 +90,9 @@ def _app(loglevel: str) -> Any:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker consuming the aggregation queue (blocks until stopped)."""
-    from server.observability.multiprocess import worker_samples
+    from server.observability.multiprocess import process_samples
 
-    with worker_samples(private=args.metrics_port > 0) as samples:
+    with process_samples(private=args.metrics_port > 0) as samples:
         return _run_worker(args, samples)
 
 

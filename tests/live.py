@@ -31,7 +31,10 @@ def free_port() -> int:
 class LiveCoordinator:
     """Starts, kills and restarts ``flaas serve`` on one database and one adapter store."""
 
-    def __init__(self, database_url: str, workdir: Path, **env: str) -> None:
+    def __init__(
+        self, database_url: str, workdir: Path, serve_args: tuple[str, ...] = (), **env: str
+    ) -> None:
+        self.serve_args = serve_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -60,6 +63,7 @@ class LiveCoordinator:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *self.serve_args,
             ],
             cwd=self.workdir,
             env=self.env,

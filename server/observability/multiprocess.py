@@ -3,8 +3,9 @@
 prometheus_client decides at import whether values live in memory or in files of
 ``PROMETHEUS_MULTIPROC_DIR`` (one per process and metric kind, ``counter_<pid>.db``), so a
 process that must count in files prepares the directory before anything imports it: this
-module imports only the standard library. ``flaas worker`` does (``worker_samples``): its
-prefork pool's children count, and its exporter sums their files.
+module imports only the standard library. ``flaas worker`` does (``process_samples``): its
+prefork pool's children count, and its exporter sums their files; so does ``flaas serve
+--workers N``, whose processes each answer a scrape with the sum of all of them.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ def remove_stale_samples(directory: Path) -> None:
 
 
 @contextmanager
-def worker_samples(private: bool) -> Iterator[str | None]:
-    """The sample directory of a worker for as long as it runs (``None``: counts stay in
-    each process's memory). Entered before prometheus_client is imported.
+def process_samples(private: bool) -> Iterator[str | None]:
+    """The sample directory of a process tree (a worker and its pool, a coordinator's
+    processes) for as long as it runs (``None``: counts stay in each process's memory).
+    Entered before prometheus_client is imported.
 
     ``PROMETHEUS_MULTIPROC_DIR``, when set, is created if missing and cleared of stale
-    files. Unset and ``private``, a temporary directory of this worker's own is used and
+    files. Unset and ``private``, a temporary directory of this process tree's own is used and
     removed at the end."""
     directory = multiprocess_dir()
     if not directory and not private:
@@ -68,7 +70,7 @@ def worker_samples(private: bool) -> Iterator[str | None]:
         remove_stale_samples(Path(directory))
         yield directory
         return
-    with tempfile.TemporaryDirectory(prefix="flaas-worker-metrics-") as made:
+    with tempfile.TemporaryDirectory(prefix="flaas-metrics-") as made:
         os.environ[MULTIPROC_ENV] = made
         try:
             yield made
