@@ -132,18 +132,30 @@ class Deployment:
     coordinator: subprocess.Popen[bytes]
     workdir: Path
 
+    def coordinator_pids(self) -> list[int]:
+        """The coordinator's processes: the one started, and those it forked
+        (``flaas serve --workers N``)."""
+        pid = self.coordinator.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
     def coordinator_peak_rss_mb(self) -> float:
-        """The coordinator process's peak resident set so far (Linux ``VmHWM``)."""
-        for line in Path(f"/proc/{self.coordinator.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc (not Linux?)")
+        """The coordinator processes' peak resident sets so far, summed (Linux ``VmHWM``)."""
+        total = 0.0
+        for pid in self.coordinator_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def coordinator_cpu_s(self) -> float:
-        """CPU seconds (user + system) the coordinator process has used so far: unlike
+        """CPU seconds (user + system) the coordinator processes have used so far: unlike
         latencies, barely moved by other work on the machine."""
-        fields = Path(f"/proc/{self.coordinator.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.coordinator_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -153,12 +165,17 @@ def deployment(
     postgres: str,
     *,
     workers: int = 2,
+    coordinators: int = 1,
     settings: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     """A coordinator (and in ``celery`` mode Redis + workers) for one bench run.
 
-    ``settings`` are extra ``FLAAS_*`` environment variables for every process.
+    ``coordinators`` processes serve (``flaas serve --workers``; ``celery`` mode only, which
+    has the Redis they need). ``settings`` are extra ``FLAAS_*`` environment variables for
+    every process.
     """
+    if coordinators > 1 and mode != "celery":
+        raise ValueError("several coordinator processes need the celery mode (Redis)")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     processes: list[subprocess.Popen[bytes]] = []
@@ -195,7 +212,8 @@ def deployment(
                     wait_for(lambda log=log: "ready." in log.read_text(), f"worker {i}")
             port = free_port()
             serve = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-            coordinator = spawn([*serve, "--log-level", "warning"], env, workdir / "serve.log")
+            serve += ["--log-level", "warning", "--workers", str(coordinators)]
+            coordinator = spawn(serve, env, workdir / "serve.log")
             processes.append(coordinator)
             url = f"http://127.0.0.1:{port}"
             wait_for(lambda: _ready(url), "coordinator")

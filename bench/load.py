@@ -301,7 +301,8 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
 
     print(
         f"\n{args.clients} clients x {args.rounds} rounds, concurrency {args.concurrency}, "
-        f"mode {args.mode}, task wait {args.wait} s: job {status['status']} "
+        f"mode {args.mode} ({args.coordinators} coordinator processes), task wait {args.wait} s, "
+        f"{args.fraction:.0%} sampled per round: job {status['status']} "
         f"(round {status['current_round']}), enrolment {enrol_s:.1f} s, rounds {rounds_s:.1f} s"
     )
     errors = sum(record.errors.values())
@@ -351,6 +352,12 @@ def main() -> None:
     parser.add_argument("--train-s", type=float, default=0.0, help="mean simulated training")
     parser.add_argument("--mode", choices=MODES, default="postgres")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (celery mode)")
+    parser.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="coordinator processes (flaas serve --workers; celery mode)",
+    )
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument(
         "--setting",
@@ -366,7 +373,12 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="flaas-load-") as tmp,
         deployment(
-            args.mode, Path(tmp), args.postgres, workers=args.workers, settings=settings
+            args.mode,
+            Path(tmp),
+            args.postgres,
+            workers=args.workers,
+            coordinators=args.coordinators,
+            settings=settings,
         ) as deployed,
     ):
         code = asyncio.run(run(deployed, args))
