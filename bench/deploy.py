@@ -30,6 +30,7 @@ from safetensors.numpy import save
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_KEY = "bench-operator-key-0123456789"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}  # the headers of an operator request
 MODES = ("embedded", "postgres", "celery")
 # The benches' small job: 2 adapted modules of 64 x 64 (r_max 8) and a head.
 MODULES = {"base_model.model.layer0.proj": [64, 64], "base_model.model.layer1.proj": [64, 64]}

@@ -41,7 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.deploy import (  # noqa: E402
     MODES,
-    OPERATOR_KEY,
+    OPERATOR,
     Deployment,
     client_stats,
     deployment,
@@ -49,7 +49,6 @@ from bench.deploy import (  # noqa: E402
     upload_body,
 )
 
-OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 ATTEMPTS = 5  # per request, on a transport error or a 503
 
 

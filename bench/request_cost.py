@@ -33,15 +33,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.deploy import (  # noqa: E402
     MODES,
-    OPERATOR_KEY,
+    OPERATOR,
     Deployment,
     client_stats,
     deployment,
     job_spec,
     upload_body,
 )
-
-OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 def enrol(url: str, job_id: str, token: str, clients: int) -> list[str]:

@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.deploy import (  # noqa: E402
     MODES,
-    OPERATOR_KEY,
+    OPERATOR,
     client_stats,
     deployment,
     job_spec,
@@ -41,7 +41,7 @@ def run_job(url: str, k: int, rounds: int, threads: int) -> tuple[list[float], l
     """(turnaround seconds per round, aggregation seconds per round, enrolment seconds)."""
     spec = job_spec(f"bench-k{k}", k, rounds)
     limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    operator = OPERATOR
     with (
         httpx.Client(base_url=url, timeout=120, limits=limits) as http,
         ThreadPoolExecutor(threads) as pool,
@@ -90,7 +90,7 @@ def run_job(url: str, k: int, rounds: int, threads: int) -> tuple[list[float], l
 
 
 def _current(http: httpx.Client, job_id: str) -> int:
-    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    operator = OPERATOR
     return int(http.get(f"/api/v1/jobs/{job_id}", headers=operator).json()["current_round"])
 
 
