@@ -13,7 +13,9 @@ Python under one GIL (``bench/load.py`` measures the queueing on top).
 Kinds: ``task`` (``GET /clients/me/task``, no wait, training task), ``task-same`` (the same
 client polling again within ``FLAAS_LAST_SEEN_INTERVAL_S``), ``adapter`` (the adapter
 download), ``upload`` (an accepted update), ``retry`` (its identical retry, answered 200),
-``job`` (the operator's ``GET /jobs/{id}``).
+``job`` (the operator's ``GET /jobs/{id}``). A client's last-seen time is written at most once
+per ``FLAAS_LAST_SEEN_INTERVAL_S`` (60 s): a kind measured a minute after the clients' previous
+write (``adapter``, ``upload``) includes that write, one transaction per request.
 """
 
 from __future__ import annotations
