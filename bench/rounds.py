@@ -41,12 +41,11 @@ def run_job(url: str, k: int, rounds: int, threads: int) -> tuple[list[float], l
     """(turnaround seconds per round, aggregation seconds per round, enrolment seconds)."""
     spec = job_spec(f"bench-k{k}", k, rounds)
     limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-    operator = OPERATOR
     with (
         httpx.Client(base_url=url, timeout=120, limits=limits) as http,
         ThreadPoolExecutor(threads) as pool,
     ):
-        job = http.post("/api/v1/jobs", json=spec, headers=operator).json()
+        job = http.post("/api/v1/jobs", json=spec, headers=OPERATOR).json()
         join = {"Authorization": f"Bearer {job['join_token']}"}
 
         def enrol(i: int) -> str:
@@ -83,15 +82,14 @@ def run_job(url: str, k: int, rounds: int, threads: int) -> tuple[list[float], l
             while _current(http, job["id"]) != number + 1:
                 time.sleep(0.002)
             turnaround.append(time.perf_counter() - last_upload)
-            detail = http.get(f"/api/v1/jobs/{job['id']}/rounds/{number}", headers=operator).json()
+            detail = http.get(f"/api/v1/jobs/{job['id']}/rounds/{number}", headers=OPERATOR).json()
             aggregation.append(float(detail["aggregation"]["seconds"]))
-        http.post(f"/api/v1/jobs/{job['id']}/cancel", headers=operator)
+        http.post(f"/api/v1/jobs/{job['id']}/cancel", headers=OPERATOR)
     return turnaround, aggregation, enrol_s
 
 
 def _current(http: httpx.Client, job_id: str) -> int:
-    operator = OPERATOR
-    return int(http.get(f"/api/v1/jobs/{job_id}", headers=operator).json()["current_round"])
+    return int(http.get(f"/api/v1/jobs/{job_id}", headers=OPERATOR).json()["current_round"])
 
 
 def main() -> None:
