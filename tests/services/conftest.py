@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,9 +40,10 @@ class RecordingRuntime:
             return session.get_one(model, row_id)
 
 
-@pytest.fixture
-def recording(database_url: str, tmp_path: Path) -> Iterator[RecordingRuntime]:
-    settings = settings_for(database_url, tmp_path / "adapters")
+@contextmanager
+def recording_runtime(database_url: str, storage: Path) -> Iterator[RecordingRuntime]:
+    """A RecordingRuntime on ``database_url`` (migrated here), its adapters under ``storage``."""
+    settings = settings_for(database_url, storage)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     recording = RecordingRuntime()
@@ -56,6 +58,19 @@ def recording(database_url: str, tmp_path: Path) -> Iterator[RecordingRuntime]:
         yield recording
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def recording(database_url: str, tmp_path: Path) -> Iterator[RecordingRuntime]:
+    with recording_runtime(database_url, tmp_path / "adapters") as recording:
+        yield recording
+
+
+@pytest.fixture
+def recording_on_postgres(postgres_url: str, tmp_path: Path) -> Iterator[RecordingRuntime]:
+    """For races SQLite cannot have (it serialises whole write transactions)."""
+    with recording_runtime(postgres_url, tmp_path / "adapters") as recording:
+        yield recording
 
 
 def enrolling_job(session: Session, rt: Runtime, clients: int = 3, **spec: Any) -> Job:

@@ -485,6 +485,31 @@ def test_a_job_that_ended_cannot_be_cancelled(recording: RecordingRuntime) -> No
     assert stored.status == JobStatus.FAILED and stored.failure_reason == "nobody came"
 
 
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: cancel_job's Conflict names the status the job had when the caller read it "
+    "(services.jobs.cancel_job reads it, then cancels in the same transaction), so a job "
+    "failed by another transaction in between is 'already running; only enrolling or "
+    "running jobs can be cancelled'",
+)
+def test_a_job_failed_meanwhile_cannot_be_cancelled_and_the_refusal_says_failed(
+    recording_on_postgres: RecordingRuntime,
+) -> None:
+    recording = recording_on_postgres
+    rt = recording.runtime
+    now = utcnow()
+    with session_scope(rt.sessions) as session:
+        job = running_job(session, rt, now)
+    with session_scope(rt.sessions) as operator:
+        read = operator.get_one(Job, job.id)  # the cancel request reads the job
+        with session_scope(rt.sessions) as deadline:
+            rounds.fail_job(deadline, rt, job.id, "a round failed", now)
+        with pytest.raises(Conflict, match="is already failed"):
+            rounds.cancel_job(operator, rt, read, now)
+    assert recording.read(Job, job.id).status == JobStatus.FAILED
+
+
 # -- recovery -----------------------------------------------------------------------------
 
 
