@@ -94,6 +94,15 @@ class Settings(BaseSettings):
         "connection and a little memory, never a thread or a database connection).",
     )
 
+    known_clients_max: int = Field(
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        description="Client credentials one coordinator process keeps in memory once "
+        "authenticated, so that a client's task requests read nothing to learn who it is "
+        "(a few hundred bytes each; the least recently used go first; 0 keeps none).",
+    )
+
     last_seen_interval_s: float = Field(
         default=60.0,
         ge=0,

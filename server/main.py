@@ -25,6 +25,7 @@ from server.notify import JobNotifier, Waiters
 from server.observability.collectors import BrokerLevels, DatabaseLevels
 from server.observability.http import RequestObserver
 from server.services import rounds as round_service
+from server.services.known_clients import KnownClients
 from server.services.runtime import Runtime
 from server.storage import open_store
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.waiters = notifier.waiters
+    app.state.known_clients = KnownClients(settings.known_clients_max)
     app.state.probe_engine = probe_engine
     app.state.metric_levels = [DatabaseLevels(runtime.sessions), *levels]
     errors.install(app)

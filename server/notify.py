@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
@@ -40,6 +41,8 @@ CHANNEL = "flaas:job-changed"
 # long when Redis is slow or gone.
 PUBLISH_TIMEOUT_S = 1.0
 RESUBSCRIBE_DELAY_S = 1.0
+# How long task requests share a job's read when nothing is announced (``Waiters.shared``).
+READ_MAX_AGE_S = 1.0
 
 
 def redis_url_of(broker_url: str | None) -> str | None:
@@ -55,14 +58,14 @@ class _Waiter:
     event: asyncio.Event
 
 
-@dataclass(eq=False)
-class _Job:
-    """A job's waiting requests, the announcements heard since the first of them began to
-    wait, and the newest shared read (the announcement count it started at, its future)."""
+@dataclass(frozen=True, eq=False)
+class _Read:
+    """A read of a job's view: the job's announcement number when it began, when it began
+    (``time.monotonic``), and its future."""
 
-    waiters: set[_Waiter] = field(default_factory=set)
-    announced: int = 0
-    read: tuple[int, asyncio.Future[Any]] | None = None
+    announced: int
+    begun: float
+    future: asyncio.Future[Any]
 
 
 class Waiters:
@@ -70,15 +73,18 @@ class Waiters:
 
     Registered from the event loop, woken from any thread (a request thread or the embedded
     worker committing a transition): each waiter's event is set through its own loop. The
-    requests that one announcement wakes share one read of their job (``shared``), so a
-    round opening for thousands of waiting clients costs one query, not thousands.
+    task requests of a job share its newest read (``shared``) until the job is announced
+    again or the read is ``max_age_s`` old: a round opening for thousands of waiting clients
+    costs one query, not thousands, and so do their renewed waits.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_age_s: float = READ_MAX_AGE_S) -> None:
         self.limit = limit
+        self.max_age_s = max_age_s
         # Guards everything below; never held across an await.
         self._lock = threading.Lock()
-        self._jobs: dict[uuid.UUID, _Job] = {}
+        self._jobs: dict[uuid.UUID, set[_Waiter]] = {}
+        self._reads: dict[uuid.UUID, _Read] = {}
         self._count = 0
         # Announcements heard so far, and the number at which each job (or every job, for
         # wake_all) was last announced: what ``mark`` and ``waiting(since=)`` compare.
@@ -106,51 +112,66 @@ class Waiters:
         with self._lock:
             admitted = self._count < self.limit
             if admitted:
-                self._jobs.setdefault(job_id, _Job()).waiters.add(waiter)
+                self._jobs.setdefault(job_id, set()).add(waiter)
                 self._count += 1
-                announced = max(self._job_announced_at.get(job_id, 0), self._all_announced_at)
-                if announced > since:
+                if self._announced_at(job_id) > since:
                     waiter.event.set()
         try:
             yield waiter.event if admitted else None
         finally:
             if admitted:
                 with self._lock:
-                    job = self._jobs[job_id]
-                    job.waiters.discard(waiter)
-                    if not job.waiters:
+                    waiting = self._jobs[job_id]
+                    waiting.discard(waiter)
+                    if not waiting:
                         del self._jobs[job_id]
                     self._count -= 1
 
     async def shared(self, job_id: uuid.UUID, read: Callable[[], T]) -> T:
-        """``read()`` on a worker thread, begun after the job's latest announcement: a waiter
-        woken by an announcement gets the read that another waiter of the job began after it,
-        or begins one. Call on the event loop, while waiting for ``job_id``."""
+        """``read()`` on a worker thread, begun after the job's latest announcement and less
+        than ``max_age_s`` ago: the read another request of the job began, or a new one. Call
+        on the event loop.
+
+        What the read sees may have changed unannounced since (an enrolment count, an update
+        accepted): callers read again what that could mislead (``routes.clients._task``).
+        """
         loop = asyncio.get_running_loop()
+        now = time.monotonic()
         with self._lock:
-            job = self._jobs[job_id]
-            current = job.read
+            announced = self._announced_at(job_id)
+            current = self._reads.get(job_id)
             if (
                 current is None
-                or current[0] != job.announced
-                or current[1].get_loop() is not loop
-                or (current[1].done() and _failed(current[1]))
+                or current.announced != announced
+                or current.future.get_loop() is not loop
+                or (current.future.done() and (_failed(current.future) or self._old(current, now)))
             ):
-                current = (job.announced, asyncio.ensure_future(run_in_threadpool(read)))
-                job.read = current
+                self._forget_old_reads(now)
+                future = asyncio.ensure_future(run_in_threadpool(read))
+                current = self._reads[job_id] = _Read(announced, now, future)
         # Shielded: a request that goes away does not cancel the read the others wait for.
-        return cast(T, await asyncio.shield(current[1]))
+        return cast(T, await asyncio.shield(current.future))
+
+    def _announced_at(self, job_id: uuid.UUID) -> int:
+        return max(self._job_announced_at.get(job_id, 0), self._all_announced_at)
+
+    def _old(self, read: _Read, now: float) -> bool:
+        return now - read.begun >= self.max_age_s
+
+    def _forget_old_reads(self, now: float) -> None:
+        """Drop the finished reads no request may share any more (jobs nobody polls)."""
+        for job_id, read in list(self._reads.items()):
+            if read.future.done() and self._old(read, now):
+                del self._reads[job_id]
 
     def wake(self, job_id: uuid.UUID) -> None:
         """Wake the requests waiting for ``job_id`` (thread-safe)."""
         with self._lock:
             self._sequence += 1
-            self._job_announced_at[job_id] = self._sequence  # one number per job announced
-            job = self._jobs.get(job_id)
-            if job is None:
-                return
-            job.announced += 1  # before the events: a woken waiter never reads an older read
-            waiting = list(job.waiters)
+            # One number per job announced; set before the events, so a woken waiter never
+            # shares a read begun before the announcement.
+            self._job_announced_at[job_id] = self._sequence
+            waiting = list(self._jobs.get(job_id, ()))
         self._set(waiting)
 
     def wake_all(self) -> None:
@@ -158,9 +179,7 @@ class Waiters:
         with self._lock:
             self._sequence += 1
             self._all_announced_at = self._sequence
-            for job in self._jobs.values():
-                job.announced += 1
-            waiting = [w for job in self._jobs.values() for w in job.waiters]
+            waiting = [w for job in self._jobs.values() for w in job]
         self._set(waiting)
 
     @staticmethod

@@ -31,6 +31,7 @@ from server.notify import Waiters
 from server.security import bearer_token_of, matches_any
 from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
+from server.services.known_clients import KnownClient, KnownClients
 from server.services.runtime import Runtime
 
 T = TypeVar("T")
@@ -71,6 +72,14 @@ async def get_waiters(request: Request) -> Waiters:
 
 
 WaitersDep = Annotated[Waiters, Depends(get_waiters)]
+
+
+async def get_known_clients(request: Request) -> KnownClients:
+    known: KnownClients = request.app.state.known_clients
+    return known
+
+
+KnownClientsDep = Annotated[KnownClients, Depends(get_known_clients)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
@@ -128,7 +137,15 @@ def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
 CurrentClient = Annotated[Client, Depends(get_current_client)]
 
 
-def mark_seen_now(runtime: Runtime, client: Client) -> None:
+def authenticate_known(runtime: Runtime, known: KnownClients, token: str) -> KnownClient:
+    """The client holding ``token``, authenticated in a short read-only transaction and kept
+    in ``known`` (call on a request thread; ``known.get`` first answers without one)."""
+    with read_scope(runtime.sessions) as session:
+        client = authenticate_client(session, token)
+    return known.remember(token, client)
+
+
+def mark_seen_now(runtime: Runtime, client: Client | KnownClient) -> None:
     """Refresh the client's last-seen time if it is older than ``FLAAS_LAST_SEEN_INTERVAL_S``:
     a write transaction at most once per interval, none otherwise."""
     now, interval = utcnow(), runtime.settings.last_seen_interval_s

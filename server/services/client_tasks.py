@@ -85,10 +85,6 @@ def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) 
     return JobView(job, rnd, assignments, enrolment)
 
 
-def next_task(session: Session, client: Client) -> ClientTask:
-    return task_of(read_view(session, client.job_id, client.id), client.id)
-
-
 def task_of(view: JobView, client_id: uuid.UUID) -> ClientTask:
     """What the client should do now, by the view."""
     job, rnd = view.job, view.round

@@ -14,6 +14,7 @@ from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
 from server.schemas.api import EnrolRequest, JobModel
 from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
 from server.services import ranking, rounds
+from server.services.known_clients import KnownClient
 from server.services.models import check_same_model
 from server.services.runtime import Runtime
 from server.services.strategies import EQUAL_RANK_STRATEGIES, spec_of
@@ -121,13 +122,16 @@ def authenticate_client(session: Session, credential: str) -> Client:
     return client
 
 
-def seen_is_stale(client: Client, now: datetime, interval_s: float) -> bool:
+def seen_is_stale(client: Client | KnownClient, now: datetime, interval_s: float) -> bool:
     """Whether ``client``'s last-seen time is old enough to be written again."""
     return client.last_seen_at <= now - timedelta(seconds=interval_s)
 
 
-def mark_seen(session: Session, client: Client, now: datetime, interval_s: float) -> bool:
-    """Set ``client.last_seen_at`` to ``now`` unless it was written in the last ``interval_s``.
+def mark_seen(
+    session: Session, client: Client | KnownClient, now: datetime, interval_s: float
+) -> bool:
+    """Set the client's ``last_seen_at`` to ``now`` unless it was written in the last
+    ``interval_s``.
 
     A conditional UPDATE, so that last-seen costs a write at most once per interval per client
     however many requests it makes, and two racing requests write it once. (The column is NOT
@@ -141,6 +145,9 @@ def mark_seen(session: Session, client: Client, now: datetime, interval_s: float
         .values(last_seen_at=now)
         .execution_options(synchronize_session=False)
     )
-    # Not an attribute change: that would be flushed as a second UPDATE.
-    set_committed_value(client, "last_seen_at", now)
+    if isinstance(client, Client):
+        # Not an attribute change: that would be flushed as a second UPDATE.
+        set_committed_value(client, "last_seen_at", now)
+    else:
+        client.last_seen_at = now
     return result.rowcount == 1  # type: ignore[attr-defined]

@@ -288,6 +288,7 @@ def cancel_job(session: Session, rt: Runtime, job: Job, now: datetime) -> Job:
             announce(session, rt, job.id)
             lifecycle.job_ended(session, job.id, "cancelled", "cancelled by an operator")
             return job
+    session.refresh(job)  # the status that refused the cancel, not the one read before it
     raise Conflict(
         f"job {job.id} is already {job.status}; only enrolling or running jobs can be cancelled"
     )

@@ -486,13 +486,6 @@ def test_a_job_that_ended_cannot_be_cancelled(recording: RecordingRuntime) -> No
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cancel_job's Conflict names the status the job had when the caller read it "
-    "(services.jobs.cancel_job reads it, then cancels in the same transaction), so a job "
-    "failed by another transaction in between is 'already running; only enrolling or "
-    "running jobs can be cancelled'",
-)
 def test_a_job_failed_meanwhile_cannot_be_cancelled_and_the_refusal_says_failed(
     recording_on_postgres: RecordingRuntime,
 ) -> None:

@@ -21,12 +21,23 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from server import errors
-from server.api.deps import BearerToken, CurrentClient, RuntimeDep, WaitersDep, read_as_client
+from server.api.deps import (
+    BearerToken,
+    CurrentClient,
+    KnownClientsDep,
+    RuntimeDep,
+    WaitersDep,
+    authenticate_known,
+    mark_seen_now,
+)
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
-from server.db.models import Client
+from server.db.models import utcnow
 from server.db.session import read_scope, session_scope
-from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, WaitTask
+from server.notify import Waiters
+from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, TrainTask, WaitTask
 from server.services import adapters, client_tasks, enrolment
+from server.services.enrolment import seen_is_stale
+from server.services.known_clients import KnownClient
 from server.services.runtime import Runtime
 
 router = APIRouter(
@@ -125,16 +136,32 @@ WAIT_DESCRIPTION = (
 )
 
 
-def _task_now(runtime: Runtime, token: str) -> tuple[Client, ClientTask]:
-    """The client and its task, read in one short read-only transaction (no commit) ended
-    before it returns."""
-    return read_as_client(runtime, token, client_tasks.next_task)
+def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
+    """The client's task from a read of its own assignment (one short read-only transaction)."""
+    with read_scope(runtime.sessions) as session:
+        return client_tasks.task_of(
+            client_tasks.read_view(session, client.job_id, client.id), client.id
+        )
 
 
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
-    """The view of a job that its woken waiting requests share (one read for all of them)."""
+    """The view of a job that its task requests share (one read for all of them)."""
     with read_scope(runtime.sessions) as session:
         return client_tasks.read_view(session, job_id, None)
+
+
+async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> ClientTask:
+    """The client's task, from its job's shared view (``Waiters.shared``) when that says wait.
+
+    What may change unannounced is read again, in the client's own view: a train answer (its
+    update may have been accepted since the shared view was read) and a wait for enrolment
+    (its reason counts the clients enrolled so far).
+    """
+    view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
+    task = client_tasks.task_of(view, client.id)
+    if isinstance(task, TrainTask) or view.enrolment is not None:
+        return await run_in_threadpool(_own_task, runtime, client)
+    return task
 
 
 @router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))
@@ -142,13 +169,22 @@ async def my_task(
     token: BearerToken,
     runtime: RuntimeDep,
     waiters: WaitersDep,
+    known: KnownClientsDep,
     wait: Annotated[float, Query(ge=0, allow_inf_nan=False, description=WAIT_DESCRIPTION)] = 0.0,
 ) -> ClientTask:
-    """What this client should do now: wait, train, or stop because the job ended."""
+    """What this client should do now: wait, train, or stop because the job ended.
+
+    A client this process has authenticated before, asking again before its job changes,
+    costs no database read (``known_clients``, ``Waiters.shared``)."""
     seconds = min(wait, runtime.settings.task_wait_max_s)
     # Taken before the read: an announcement during the read is seen by the wait below.
     since = waiters.mark()
-    client, task = await run_in_threadpool(_task_now, runtime, token)
+    client = known.get(token)
+    if client is None:
+        client = await run_in_threadpool(authenticate_known, runtime, known, token)
+    if seen_is_stale(client, utcnow(), runtime.settings.last_seen_interval_s):
+        await run_in_threadpool(mark_seen_now, runtime, client)
+    task = await _task(runtime, waiters, client)
     if seconds <= 0 or not isinstance(task, WaitTask):
         return task
     deadline = time.monotonic() + seconds
@@ -162,8 +198,7 @@ async def my_task(
                 break  # nothing announced: the answer read last stands
             changed.clear()
             # An announcement is a hint: re-read, in the one read its woken waiters share.
-            view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
-            task = client_tasks.task_of(view, client.id)
+            task = await _task(runtime, waiters, client)
     if isinstance(task, WaitTask):
         return task.model_copy(update={"retry_after": 0.0})
     return task
