@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -44,30 +44,11 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
 
 
-@runtime_checkable
-class StepDispatch(Protocol):
-    """A dispatcher that can also queue shard and combine steps (embedded or Celery).
-
-    A plain ``dispatch(round_id)`` callable is enough for unsharded aggregation; rounds are
-    only ever split when the runtime's dispatcher can run the steps.
-    """
-
-    def __call__(self, round_id: uuid.UUID) -> None: ...
-
-    def shard(self, round_id: uuid.UUID, index: int) -> None: ...
-
-    def combine(self, round_id: uuid.UUID) -> None: ...
-
-
 # ---------------------------------------------------------------------------------- planning
 def plan_for(rt: Runtime, total_bytes: int, n_updates: int, n_modules: int) -> tuple[int, int]:
     """(module groups, client groups) for a round: (1, 1) unless its updates are too big."""
     settings = rt.settings
-    if (
-        total_bytes <= settings.shard_threshold_bytes
-        or n_updates == 0
-        or not isinstance(rt.dispatch, StepDispatch)
-    ):
+    if total_bytes <= settings.shard_threshold_bytes or n_updates == 0:
         return 1, 1
     groups = max(1, min(settings.shard_modules, n_modules, settings.shard_max))
     clients = math.ceil(total_bytes / (groups * settings.shard_threshold_bytes))
@@ -217,7 +198,6 @@ def dispatch_steps(
 ) -> None:
     """Queue every unfinished shard of a sharded round, or its combine if all are done."""
     steps = rt.dispatch
-    assert isinstance(steps, StepDispatch), "sharded rounds need a step dispatcher"
     pending = [s for s in shards if s.status != ShardStatus.DONE]
     if not pending:
         after_commit(session, lambda: steps.combine(round_id))
