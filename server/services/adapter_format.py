@@ -1,10 +1,11 @@
 """Validate an untrusted safetensors upload against the upload contract (docs/upload-contract.md).
 
 Runs in the API process on the file the upload was streamed into, before anything else reads
-it. It never loads the file whole and never imports torch: the header is capped and parsed with
-the stdlib, tensor bytes are scanned in fixed-size chunks, so memory stays bounded whatever the
-file size. It also closes the gaps the safetensors library leaves open (duplicate keys, a header
-not starting with ``{``, huge headers, NaN/Inf values).
+it. It never loads the file whole and never hands it to torch: the header is capped and parsed
+with the stdlib, tensor bytes are scanned in fixed-size chunks, so memory stays bounded whatever
+the file size; the allowed dtypes are those of ``server.tensors.ADAPTER_DTYPES``. It also
+closes the gaps the safetensors library leaves open (duplicate keys, a header not starting with
+``{``, huge headers, NaN/Inf values).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from server.errors import AdapterRejected, PayloadTooLarge
+from server.tensors import ITEMSIZE
 
-ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_METADATA_ENTRIES = 64
 SCAN_CHUNK_BYTES = 4 << 20  # a multiple of every itemsize, so chunks never split a value
 _ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
@@ -157,7 +158,8 @@ def _check_entry(
     dtype = entry["dtype"]
     if not isinstance(dtype, str) or dtype not in ITEMSIZE:
         raise _reject(
-            f"tensor {shown} has dtype {str(dtype)[:40]!r}; allowed dtypes are F32, F16, BF16",
+            f"tensor {shown} has dtype {str(dtype)[:40]!r}; allowed dtypes are "
+            + ", ".join(ITEMSIZE),
             tensor=name,
         )
     raw_shape = entry["shape"]

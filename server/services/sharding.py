@@ -4,11 +4,12 @@ Every aggregating round gets a plan: ``AggregationShard`` rows, one per cell of 
 *module groups x client groups*. A small round has one cell, aggregated in one step by
 ``services.aggregation.aggregate_round``. A round whose accepted updates exceed
 ``shard_threshold_bytes`` is split: each shard task reads only its modules' tensors
-(``safe_open``) of only its clients, folds them into a strategy accumulator restricted to those
-modules, and stores ``accumulator.state()`` under ``partial_key``. The shard that finishes last
-(decided under the round's row lock) queues the combine step, which merges the client-group
-partials of each module group and concatenates the groups' results: exact, because every
-strategy aggregates each module (and each shared extra tensor) independently.
+(``tensors.load_adapter_part``) of only its clients, folds them into a strategy accumulator
+restricted to those modules, and stores ``accumulator.state()`` under ``partial_key``. The
+shard that finishes last (decided under the round's row lock) queues the combine step, which
+merges the client-group partials of each module group and concatenates the groups' results:
+exact, because every strategy aggregates each module (and each shared extra tensor)
+independently.
 
 The rows are also the claim lease that makes redelivery safe: a step is claimed by one
 delivery (``claimed_by``); a duplicate message finds it claimed and returns, a message
@@ -23,13 +24,11 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -205,21 +204,6 @@ def dispatch_steps(
     for shard in pending:
         shard.dispatched_at = now
         after_commit(session, functools.partial(steps.shard, round_id, shard.index))
-
-
-# ---------------------------------------------------------------------------------- reading
-def read_tensors(path: Path, wanted: Callable[[str], bool] | None = None) -> tuple[Tensors, int]:
-    """The tensors of a safetensors file whose key is ``wanted`` (all by default), as float32,
-    and the bytes they occupy. ``safe_open`` maps the file: a shard reads only its tensors."""
-    out: Tensors = {}
-    size = 0
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-            if wanted is None or wanted(key):
-                tensor = handle.get_tensor(key)
-                size += tensor.numel() * tensor.element_size()
-                out[key] = tensor.float()
-    return out, size
 
 
 def pause_for_tests(rt: Runtime) -> None:

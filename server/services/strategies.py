@@ -13,7 +13,7 @@ from server.aggregation import AggregationError, Strategy, get_strategy, lora_sc
 from server.db.models import Job
 from server.errors import InvalidRequest
 from server.schemas.job_spec import JobSpec
-from server.services.adapter_format import ITEMSIZE
+from server.tensors import ITEMSIZE
 
 UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of upload_bytes()
 
