@@ -64,7 +64,6 @@ def compute_round(rt: Runtime, work: Work) -> tuple[GlobalAdapter, dict[str, obj
             bytes_in += path.stat().st_size
             tensors = load_adapter(path)
         read_s += time.perf_counter() - t0
-        sharding.pause_for_tests(rt)
         # Every value was checked finite when the upload was accepted.
         accumulator.add(_client_update(work, row, tensors), check_finite=False)
     stats: dict[str, object] = {"read_seconds": round(read_s, 6), "bytes_in": bytes_in}
@@ -92,7 +91,6 @@ def compute_partial(
             tensors, size = load_adapter_part(path, mine)
         bytes_in += size
         read_s += time.perf_counter() - t0
-        sharding.pause_for_tests(rt)
         accumulator.add(_client_update(work, row, tensors), check_finite=False)
     blob = save_adapter(accumulator.state())
     return blob, {

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -204,9 +203,3 @@ def dispatch_steps(
     for shard in pending:
         shard.dispatched_at = now
         after_commit(session, functools.partial(steps.shard, round_id, shard.index))
-
-
-def pause_for_tests(rt: Runtime) -> None:
-    """Fault-injection hook: sleep ``test_aggregation_delay_s`` (0 outside tests)."""
-    if rt.settings.test_aggregation_delay_s:
-        time.sleep(rt.settings.test_aggregation_delay_s)
