@@ -7,10 +7,11 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.aggregation.keys import part_of
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
 from server.errors import Conflict, Forbidden, NotFound
 from server.services.runtime import Runtime
-from server.services.strategies import client_scale, part_of, spec_of, strategy_for
+from server.services.strategies import client_scale, spec_of, strategy_for
 from server.storage import distributed_key
 from server.tensors import load_adapter, save_adapter
 

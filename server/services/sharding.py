@@ -116,8 +116,8 @@ def module_group_of(modules: Mapping[str, tuple[int, int]], groups: int) -> dict
 
 def owner_of(key: str, assignment: Mapping[str, int]) -> int:
     """The module group that owns a key; shared extra tensors belong to group 0."""
-    kind, module = classify(key)
-    return 0 if kind == "extra" else assignment.get(module, 0)
+    part, module = classify(key)
+    return 0 if part == "extra" else assignment.get(module, 0)
 
 
 def client_slice(n: int, group: int, groups: int) -> slice:
