@@ -184,13 +184,6 @@ class Settings(BaseSettings):
     shard_max: int = Field(
         default=64, ge=1, le=4096, description="Most shards (tasks) one round is split into."
     )
-    test_aggregation_delay_s: float = Field(
-        default=0.0,
-        ge=0,
-        le=60,
-        description="TEST ONLY (fault-injection tests): seconds an aggregation sleeps after "
-        "reading each update, so a worker can be killed mid-aggregation. Must be 0 in production.",
-    )
 
     @field_validator("broker_url", "metrics_token", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ class EmbeddedWorker:
     __call__ = dispatch
 
     def shard(self, round_id: uuid.UUID, index: int) -> None:
-        """Queue one shard of a sharded round (``services.sharding.StepDispatch``)."""
+        """Queue one shard of a sharded round (``services.runtime.AggregationDispatch``)."""
         attempt = uuid.uuid4().hex
         self._submit(lambda rt: aggregate_shard(rt, round_id, index, attempt=attempt), round_id)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from server.aggregation.errors import AggregationError
-from server.aggregation.keys import SLICE_DIM, Kind, classify, full_shape, tail_shape
+from server.aggregation.keys import SLICE_DIM, Part, classify, full_shape, tail_shape
 from server.aggregation.layout_sum import LayoutSum
 from server.aggregation.update import ClientUpdate
 from server.aggregation.validation import (
@@ -155,7 +155,7 @@ class Accumulator:
         )
         return LayoutSum(signature, {key: kind for key, (kind, _) in entries}, self._rank)
 
-    def _numerator(self, key: str, kind: Kind, shape: torch.Size) -> torch.Tensor:
+    def _numerator(self, key: str, kind: Part, shape: torch.Size) -> torch.Tensor:
         num = self._num.get(key)
         if num is None:
             num = torch.zeros(full_shape(kind, tail_shape(kind, tuple(shape)), self._rank))

@@ -20,7 +20,7 @@ import torch
 from server.aggregation.accumulator import Accumulator
 from server.aggregation.errors import AggregationError
 from server.aggregation.init import initial_tensors
-from server.aggregation.keys import SLICE_DIM, Kind, classify, key_for
+from server.aggregation.keys import ADAPTER_PARTS, SLICE_DIM, Part, classify, key_for
 from server.aggregation.update import ClientUpdate
 from server.aggregation.validation import (
     BatchChecker,
@@ -41,11 +41,11 @@ class Strategy:
     adapter_type: ClassVar[Literal["lora", "vera"]] = "lora"
     shares_extra: ClassVar[bool] = True
     #: adapter tensor kinds uploaded and averaged
-    shared_kinds: ClassVar[tuple[Kind, ...]] = ("A", "B")
+    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
     #: adapter tensor kinds that never leave the device
-    private_kinds: ClassVar[tuple[Kind, ...]] = ()
+    private_kinds: ClassVar[tuple[Part, ...]] = ()
     #: adapter tensor kinds a client receives from ``distribute``
-    received_kinds: ClassVar[tuple[Kind, ...]] = ("A", "B")
+    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
     equal_ranks: ClassVar[bool] = False
     #: option name -> allowed values (None: any)
     option_values: ClassVar[dict[str, tuple[Any, ...] | None]] = {"uncovered": ("keep", "zero")}
@@ -63,19 +63,19 @@ class Strategy:
         return f"{type(self).__name__}(r_max={self.r_max!r}, uncovered={self.uncovered!r})"
 
     # ------------------------------------------------------------------ contracts
-    def is_uploaded(self, kind: Kind) -> bool:
+    def is_uploaded(self, kind: Part) -> bool:
         """Whether clients upload tensors of this kind."""
         return kind in self.shared_kinds or (kind == "extra" and self.shares_extra)
 
-    def is_private(self, kind: Kind) -> bool:
+    def is_private(self, kind: Part) -> bool:
         """Whether tensors of this kind stay on the device (never uploaded nor received)."""
         return kind in self.private_kinds or (kind == "extra" and not self.shares_extra)
 
     def describe_upload(self) -> str:
         """Human-readable list of uploaded kinds, for error messages."""
-        names = {"A": "lora_A", "B": "lora_B", "lambda_d": "vera_lambda_d"}
-        parts = [names[k] for k in self.shared_kinds]
-        return ", ".join(parts + (["shared non-LoRA tensors"] if self.shares_extra else []))
+        return ", ".join(
+            list(self.shared_kinds) + (["shared non-LoRA tensors"] if self.shares_extra else [])
+        )
 
     def upload_spec(
         self,
@@ -102,13 +102,13 @@ class Strategy:
         return spec
 
     def _spec(
-        self, modules: Mapping[str, tuple[int, int]], rank: int, kinds: Iterable[Kind]
+        self, modules: Mapping[str, tuple[int, int]], rank: int, kinds: Iterable[Part]
     ) -> dict[str, tuple[int, ...]]:
-        shapes: dict[Kind, Any] = {
-            "A": lambda d_in, d_out: (rank, d_in),
-            "B": lambda d_in, d_out: (d_out, rank),
-            "lambda_d": lambda d_in, d_out: (rank,),
-            "lambda_b": lambda d_in, d_out: (d_out,),
+        shapes: dict[Part, Any] = {
+            "lora_A": lambda d_in, d_out: (rank, d_in),
+            "lora_B": lambda d_in, d_out: (d_out, rank),
+            "vera_lambda_d": lambda d_in, d_out: (rank,),
+            "vera_lambda_b": lambda d_in, d_out: (d_out,),
         }
         return {
             key_for(m, kind): shapes[kind](int(d_in), int(d_out))
@@ -132,9 +132,7 @@ class Strategy:
         extra: Mapping[str, tuple[int, ...]] = _EMPTY,
     ) -> Tensors:
         """The round-0 global adapter at rank ``rank`` (= R): full state, float32, seeded."""
-        kinds: tuple[Kind, ...] = (
-            ("lambda_d", "lambda_b") if self.adapter_type == "vera" else ("A", "B")
-        )
+        kinds = ADAPTER_PARTS[self.adapter_type]
         return initial_tensors(modules, kinds, rank=self._check_rank(rank), seed=seed, extra=extra)
 
     # ------------------------------------------------------------------ aggregation
@@ -188,17 +186,22 @@ class Strategy:
 
     # ------------------------------------------------------------------ hooks
     def fold_weights(self, update: ClientUpdate) -> dict[str, float] | None:
-        """Fold coefficient per weight class ("lora": A and B, "lambda_d", "extra"), or None
+        """Fold coefficient per weight class ("lora": A and B, "vera_lambda_d", "extra"), or None
         when coefficients differ per key (then :meth:`coefficients` is used)."""
         n, s = float(update.num_samples), float(update.scale)
-        return {"lora": n * math.sqrt(s), "lambda_d": n * s, "extra": n}
+        return {"lora": n * math.sqrt(s), "vera_lambda_d": n * s, "extra": n}
 
     def coefficients(
         self, update: ClientUpdate, info: Inspected
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Per-key fold coefficient (weight x scale fold) and denominator increments."""
         n, s = float(update.num_samples), float(update.scale)
-        fold = {"A": n * math.sqrt(s), "B": n * math.sqrt(s), "lambda_d": n * s, "extra": n}
+        fold = {
+            "lora_A": n * math.sqrt(s),
+            "lora_B": n * math.sqrt(s),
+            "vera_lambda_d": n * s,
+            "extra": n,
+        }
         return {key: fold[kind] for key, kind in info.kinds.items()}, {}
 
     def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
@@ -230,7 +233,7 @@ class Strategy:
         global_r = previous_rank(self, global_adapter)
         if global_r is not None and rank > global_r:
             raise AggregationError(f"rank {rank} exceeds the global adapter's rank {global_r}")
-        unfold = {"A": math.sqrt(scale), "B": math.sqrt(scale), "lambda_d": scale}
+        unfold = {"lora_A": math.sqrt(scale), "lora_B": math.sqrt(scale), "vera_lambda_d": scale}
         out: Tensors = {}
         for key, tensor in global_adapter.items():
             kind, _ = classify(key)

@@ -12,7 +12,7 @@ import torch
 
 from server.aggregation.accumulator import Accumulator
 from server.aggregation.base import Strategy
-from server.aggregation.keys import Kind, classify
+from server.aggregation.keys import Part, classify
 from server.aggregation.update import ClientUpdate
 from server.aggregation.validation import Inspected
 
@@ -33,8 +33,8 @@ class FFA(Strategy):
 
     name: ClassVar[str] = "ffa"
     equal_ranks: ClassVar[bool] = True
-    shared_kinds: ClassVar[tuple[Kind, ...]] = ("B",)
-    received_kinds: ClassVar[tuple[Kind, ...]] = ("A", "B")
+    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_B",)
+    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
 
 
 class ZeroPad(Strategy):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from server.aggregation.base import Strategy
-from server.aggregation.keys import Kind
+from server.aggregation.keys import Part
 
 
 class FedSA(Strategy):
@@ -19,9 +19,9 @@ class FedSA(Strategy):
 
     name: ClassVar[str] = "fedsa"
     shares_extra: ClassVar[bool] = False
-    shared_kinds: ClassVar[tuple[Kind, ...]] = ("A",)
-    private_kinds: ClassVar[tuple[Kind, ...]] = ("B",)
-    received_kinds: ClassVar[tuple[Kind, ...]] = ("A",)
+    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_A",)
+    private_kinds: ClassVar[tuple[Part, ...]] = ("lora_B",)
+    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A",)
 
 
 class FedSASharedHead(FedSA):
@@ -50,6 +50,6 @@ class FedSAVeRA(FedSA):
 
     name: ClassVar[str] = "fedsa-vera"
     adapter_type: ClassVar[Literal["lora", "vera"]] = "vera"
-    shared_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_d",)
-    private_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_b",)
-    received_kinds: ClassVar[tuple[Kind, ...]] = ("lambda_d",)
+    shared_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)
+    private_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_b",)
+    received_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)

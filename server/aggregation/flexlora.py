@@ -34,10 +34,10 @@ class FlexLoRAAccumulator(Accumulator):
             tensor = update.tensors[key]
             if kind == "extra":
                 self._dense(key, tuple(tensor.shape)).add_(tensor, alpha=n)
-            elif kind == "A":
+            elif kind == "lora_A":
                 module = classify(key)[1]
                 a = tensor.float()
-                b = update.tensors[key_for(module, "B")].float()
+                b = update.tensors[key_for(module, "lora_B")].float()
                 self._dense(module + _DW, (b.shape[0], a.shape[1])).addmm_(b, a, alpha=n * s)
 
     def _dense(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -70,8 +70,8 @@ class FlexLoRAAccumulator(Accumulator):
             a = torch.zeros(self._rank, num.shape[1])
             b[:, :k] = u[:, :k] * root
             a[:k] = root[:, None] * vh[:k]
-            out[key_for(module, "A")] = a.contiguous()
-            out[key_for(module, "B")] = b.contiguous()
+            out[key_for(module, "lora_A")] = a.contiguous()
+            out[key_for(module, "lora_B")] = b.contiguous()
         return out
 
 

@@ -7,14 +7,14 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from server.aggregation.keys import Kind, key_for
+from server.aggregation.keys import Part, key_for
 
 _VERA_D_INITIAL = 0.1  # peft VeraConfig.d_initial
 
 
 def initial_tensors(
     modules: Mapping[str, tuple[int, int]],
-    kinds: Iterable[Kind],
+    kinds: Iterable[Part],
     *,
     rank: int,
     seed: int,
@@ -33,16 +33,16 @@ def initial_tensors(
     out: dict[str, torch.Tensor] = {}
     for module in sorted(modules):
         d_in, d_out = modules[module]
-        if "A" in wanted:
+        if "lora_A" in wanted:
             a = torch.empty(rank, d_in, dtype=torch.float32)
             torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
-            out[key_for(module, "A")] = a
-        if "B" in wanted:
-            out[key_for(module, "B")] = torch.zeros(d_out, rank, dtype=torch.float32)
-        if "lambda_d" in wanted:
-            out[key_for(module, "lambda_d")] = torch.full((rank,), _VERA_D_INITIAL)
-        if "lambda_b" in wanted:
-            out[key_for(module, "lambda_b")] = torch.zeros(d_out, dtype=torch.float32)
+            out[key_for(module, "lora_A")] = a
+        if "lora_B" in wanted:
+            out[key_for(module, "lora_B")] = torch.zeros(d_out, rank, dtype=torch.float32)
+        if "vera_lambda_d" in wanted:
+            out[key_for(module, "vera_lambda_d")] = torch.full((rank,), _VERA_D_INITIAL)
+        if "vera_lambda_b" in wanted:
+            out[key_for(module, "vera_lambda_b")] = torch.zeros(d_out, dtype=torch.float32)
     for name in sorted(extra):
         shape = tuple(extra[name])
         tensor = torch.zeros(shape, dtype=torch.float32)

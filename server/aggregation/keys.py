@@ -1,43 +1,63 @@
-"""peft state-dict key conventions: which kind of tensor a key is, and where its rank lives."""
+"""peft state-dict key conventions: which part of an adapter a key is, and where its rank lives.
+
+The parts are the API's vocabulary too (a task's ``shared_parts`` and ``frozen_parts``).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-Kind = Literal["A", "B", "lambda_d", "lambda_b", "extra"]
+Part = Literal["lora_A", "lora_B", "vera_lambda_d", "vera_lambda_b", "extra"]
 
-_SUFFIXES: tuple[tuple[str, Kind], ...] = (
-    (".lora_A.weight", "A"),
-    (".lora_B.weight", "B"),
-    (".vera_lambda_d", "lambda_d"),
-    (".vera_lambda_b", "lambda_b"),
+_SUFFIXES: tuple[tuple[str, Part], ...] = (
+    (".lora_A.weight", "lora_A"),
+    (".lora_B.weight", "lora_B"),
+    (".vera_lambda_d", "vera_lambda_d"),
+    (".vera_lambda_b", "vera_lambda_b"),
 )
-SUFFIX: dict[Kind, str] = {kind: suffix for suffix, kind in _SUFFIXES}
+SUFFIX: dict[Part, str] = {part: suffix for suffix, part in _SUFFIXES}
+
+#: The parts of each adapter type (``Strategy.adapter_type``); "extra" is any other tensor.
+ADAPTER_PARTS: dict[str, tuple[Part, ...]] = {
+    "lora": ("lora_A", "lora_B"),
+    "vera": ("vera_lambda_d", "vera_lambda_b"),
+}
 
 # Which dimension of a tensor indexes the rank slices (None: the tensor carries no rank).
-SLICE_DIM: dict[Kind, int | None] = {"A": 0, "B": 1, "lambda_d": 0, "lambda_b": None, "extra": None}
+SLICE_DIM: dict[Part, int | None] = {
+    "lora_A": 0,
+    "lora_B": 1,
+    "vera_lambda_d": 0,
+    "vera_lambda_b": None,
+    "extra": None,
+}
 
 
-def classify(key: str) -> tuple[Kind, str]:
-    """Return (kind, module path) of a state-dict key; non-adapter tensors are ``"extra"``."""
-    for suffix, kind in _SUFFIXES:
+def classify(key: str) -> tuple[Part, str]:
+    """Return (part, module path) of a state-dict key; non-adapter tensors are ``"extra"``."""
+    for suffix, part in _SUFFIXES:
         if key.endswith(suffix):
-            return kind, key[: -len(suffix)]
+            return part, key[: -len(suffix)]
     return "extra", key
 
 
-def key_for(module: str, kind: Kind) -> str:
-    """The peft key of ``kind`` for ``module``."""
+def part_of(key: str) -> Part:
+    """The part a state-dict key belongs to (``"extra"`` for a non-adapter tensor)."""
+    return classify(key)[0]
+
+
+def key_for(module: str, kind: Part) -> str:
+    """The peft key of part ``kind`` for ``module``."""
     return module + SUFFIX[kind]
 
 
-def rank_of(kind: Kind, shape: tuple[int, ...]) -> int | None:
+def rank_of(kind: Part, shape: tuple[int, ...]) -> int | None:
     """The rank carried by a tensor of this kind and shape (None if it carries none)."""
     dim = SLICE_DIM[kind]
     return None if dim is None else shape[dim]
 
 
-def tail_shape(kind: Kind, shape: tuple[int, ...]) -> tuple[int, ...]:
+def tail_shape(kind: Part, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape with the rank dimension removed: what must agree across clients."""
     dim = SLICE_DIM[kind]
     if dim is None:
@@ -45,7 +65,7 @@ def tail_shape(kind: Kind, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s for i, s in enumerate(shape) if i != dim)
 
 
-def full_shape(kind: Kind, tail: tuple[int, ...], rank: int) -> tuple[int, ...]:
+def full_shape(kind: Part, tail: tuple[int, ...], rank: int) -> tuple[int, ...]:
     """Inverse of :func:`tail_shape` for a given rank."""
     dim = SLICE_DIM[kind]
     if dim is None:
@@ -53,6 +73,6 @@ def full_shape(kind: Kind, tail: tuple[int, ...], rank: int) -> tuple[int, ...]:
     return tail[:dim] + (rank,) + tail[dim:]
 
 
-def expected_ndim(kind: Kind) -> int | None:
+def expected_ndim(kind: Part) -> int | None:
     """Tensor rank a key of this kind must have (None: any)."""
-    return {"A": 2, "B": 2, "lambda_d": 1, "lambda_b": 1}.get(kind)
+    return {"lora_A": 2, "lora_B": 2, "vera_lambda_d": 1, "vera_lambda_b": 1}.get(kind)

@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from server.aggregation.keys import SLICE_DIM, Kind, tail_shape
+from server.aggregation.keys import SLICE_DIM, Part, tail_shape
 from server.aggregation.packed import PackedTensors, Signature
 
 
-def weight_class(kind: Kind) -> str:
+def weight_class(kind: Part) -> str:
     """The fold-weight class of a tensor kind: A and B share ``"lora"``."""
-    return "lora" if kind in ("A", "B") else kind
+    return "lora" if kind in ("lora_A", "lora_B") else kind
 
 
 # (size, source strides, source offset, target strides, target offset) of one strided add
@@ -49,7 +49,7 @@ class LayoutSum:
     each layout afresh, so this set-up is paid every round.
     """
 
-    def __init__(self, signature: Signature, kinds: Mapping[str, Kind], rank: int) -> None:
+    def __init__(self, signature: Signature, kinds: Mapping[str, Part], rank: int) -> None:
         self.signature = signature
         self.rank = rank
         self.kinds = kinds
@@ -124,7 +124,7 @@ class LayoutSum:
         for alpha, (dst, src) in groups.items():
             torch._foreach_add_(dst, src, alpha=alpha)
 
-    def drain_into(self, numerator: Callable[[str, Kind, torch.Size], torch.Tensor]) -> None:
+    def drain_into(self, numerator: Callable[[str, Part, torch.Size], torch.Tensor]) -> None:
         """Add every key's sum into its first ``rank`` slices of ``numerator(key, kind, shape)``."""
         dsts = []
         for key, view in self.views.items():

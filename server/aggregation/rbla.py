@@ -56,9 +56,9 @@ class RBLAShrink(ZeroPad):
 
     def finish(self, result: Tensors) -> Tensors:
         """Re-factor every module as balanced SVD factors of its B A, strongest first."""
-        modules = {classify(k)[1] for k in result if classify(k)[0] == "A"}
+        modules = {classify(k)[1] for k in result if classify(k)[0] == "lora_A"}
         for module in modules:
-            a_key, b_key = key_for(module, "A"), key_for(module, "B")
+            a_key, b_key = key_for(module, "lora_A"), key_for(module, "lora_B")
             if b_key in result:
                 result[a_key], result[b_key] = refactor(result[a_key], result[b_key])
         return result

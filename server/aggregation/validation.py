@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from server.aggregation.errors import AggregationError
-from server.aggregation.keys import Kind, classify, expected_ndim, rank_of, tail_shape
+from server.aggregation.keys import Part, classify, expected_ndim, rank_of, tail_shape
 from server.aggregation.packed import PackedTensors, Signature
 from server.aggregation.update import ClientUpdate, check_update_header
 
@@ -30,7 +30,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class Layout:
     """Expected uploaded keys: key -> (kind, shape without the rank dimension)."""
 
-    entries: dict[str, tuple[Kind, tuple[int, ...]]] = field(default_factory=dict)
+    entries: dict[str, tuple[Part, tuple[int, ...]]] = field(default_factory=dict)
     source: str = "the first update"
 
 
@@ -43,12 +43,12 @@ class Inspected:
     """
 
     rank: int
-    entries: dict[str, tuple[Kind, tuple[int, ...]]]
+    entries: dict[str, tuple[Part, tuple[int, ...]]]
     rank_key: str
     signature: Signature = Signature(())
 
     @functools.cached_property
-    def kinds(self) -> dict[str, Kind]:
+    def kinds(self) -> dict[str, Part]:
         """Key -> kind, in upload order."""
         return {key: kind for key, (kind, _) in self.entries.items()}
 
@@ -185,7 +185,7 @@ class BatchChecker:
 def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
     """Keys, dtypes, dimensions, the one rank and the A/B pairs of an update (not its layout)."""
     who = update.client_id
-    kinds: dict[str, Kind] = {}
+    kinds: dict[str, Part] = {}
     ranks: dict[int, str] = {}
     for key, tensor in update.tensors.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
@@ -234,17 +234,17 @@ def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
     return Inspected(rank=rank, entries=entries, rank_key=rank_key)
 
 
-def _check_pairs(strategy: Strategy, update: ClientUpdate, kinds: dict[str, Kind]) -> None:
+def _check_pairs(strategy: Strategy, update: ClientUpdate, kinds: dict[str, Part]) -> None:
     # A lone A (or B) cannot be averaged meaningfully when the strategy shares both.
-    if not (strategy.is_uploaded("A") and strategy.is_uploaded("B")):
+    if not (strategy.is_uploaded("lora_A") and strategy.is_uploaded("lora_B")):
         return
     for key, kind in kinds.items():
-        if kind in ("A", "B"):
-            other = "B" if kind == "A" else "A"
-            partner = key.replace(f".lora_{kind}.weight", f".lora_{other}.weight")
+        if kind in ("lora_A", "lora_B"):
+            other = "lora_B" if kind == "lora_A" else "lora_A"
+            partner = key.replace(f".{kind}.weight", f".{other}.weight")
             if partner not in kinds:
                 raise AggregationError(
-                    f"has lora_{kind} but the matching {partner!r} is missing",
+                    f"has {kind} but the matching {partner!r} is missing",
                     client_id=update.client_id,
                     tensor=key,
                 )

@@ -1,10 +1,11 @@
 """Validate an untrusted safetensors upload against the upload contract (docs/upload-contract.md).
 
 Runs in the API process on the file the upload was streamed into, before anything else reads
-it. It never loads the file whole and never imports torch: the header is capped and parsed with
-the stdlib, tensor bytes are scanned in fixed-size chunks, so memory stays bounded whatever the
-file size. It also closes the gaps the safetensors library leaves open (duplicate keys, a header
-not starting with ``{``, huge headers, NaN/Inf values).
+it. It never loads the file whole and never hands it to torch: the header is capped and parsed
+with the stdlib, tensor bytes are scanned in fixed-size chunks, so memory stays bounded whatever
+the file size; the allowed dtypes are those of ``server.tensors.ADAPTER_DTYPES``. It also
+closes the gaps the safetensors library leaves open (duplicate keys, a header not starting with
+``{``, huge headers, NaN/Inf values).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from server.aggregation.keys import Part, classify, key_for, part_of
 from server.errors import AdapterRejected, PayloadTooLarge
+from server.tensors import ITEMSIZE
 
-ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_METADATA_ENTRIES = 64
 SCAN_CHUNK_BYTES = 4 << 20  # a multiple of every itemsize, so chunks never split a value
 _ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 _NAME_SHOWN = 120  # names are attacker-chosen: never echo a megabyte of one back
 # Exponent bits of the 16-bit formats: all ones means Inf (mantissa 0) or NaN.
 _EXPONENT_MASK = {"F16": 0x7C00, "BF16": 0x7F80}
-_LORA_SIDE = re.compile(r"\.lora_([AB])(?=\.|$)")
+_LORA_PAIR: dict[Part, Part] = {"lora_A": "lora_B", "lora_B": "lora_A"}
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,10 @@ def _is_count(value: Any) -> bool:
 
 
 def _shape_rule(name: str, expected: tuple[int, ...]) -> str:
-    side = _LORA_SIDE.search(name)
-    if side and len(expected) == 2:
-        if side.group(1) == "A":
-            return f"lora_A must be (rank, in_features) = {expected}, rank {expected[0]}"
+    part = part_of(name)
+    if part == "lora_A" and len(expected) == 2:
+        return f"lora_A must be (rank, in_features) = {expected}, rank {expected[0]}"
+    if part == "lora_B" and len(expected) == 2:
         return f"lora_B must be (out_features, rank) = {expected}, rank {expected[1]}"
     return f"it must be {expected}"
 
@@ -157,7 +158,8 @@ def _check_entry(
     dtype = entry["dtype"]
     if not isinstance(dtype, str) or dtype not in ITEMSIZE:
         raise _reject(
-            f"tensor {shown} has dtype {str(dtype)[:40]!r}; allowed dtypes are F32, F16, BF16",
+            f"tensor {shown} has dtype {str(dtype)[:40]!r}; allowed dtypes are "
+            + ", ".join(ITEMSIZE),
             tensor=name,
         )
     raw_shape = entry["shape"]
@@ -183,13 +185,12 @@ def _check_entry(
 def _check_complete(present: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> None:
     """Rule 4: every expected tensor is present, with a specific message for broken pairs."""
     for name in sorted(set(expected) - set(present)):
-        side = _LORA_SIDE.search(name)
-        if side:
-            mine, other = side.group(1), "B" if side.group(1) == "A" else "A"
-            partner = name[: side.start()] + f".lora_{other}" + name[side.end() :]
-            if partner in present:
+        mine, module = classify(name)
+        if mine in _LORA_PAIR:
+            other = _LORA_PAIR[mine]
+            if key_for(module, other) in present:
                 raise _reject(
-                    f"tensor {_show(name)} is missing: every lora_{other} needs its lora_{mine} "
+                    f"tensor {_show(name)} is missing: every {other} needs its {mine} "
                     "(A/B pairs must be complete)",
                     tensor=name,
                 )

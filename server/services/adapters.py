@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from safetensors.torch import load_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.aggregation.keys import part_of
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
 from server.errors import Conflict, Forbidden, NotFound
 from server.services.runtime import Runtime
-from server.services.strategies import client_scale, part_of, spec_of, strategy_for
+from server.services.strategies import client_scale, spec_of, strategy_for
 from server.storage import distributed_key
-from server.tensors import save_adapter
+from server.tensors import load_adapter, save_adapter
 
 
 def starting_adapter(session: Session, job_id: uuid.UUID, round_number: int) -> GlobalAdapter:
@@ -73,7 +73,7 @@ def _distributed(rt: Runtime, job: Job, source: GlobalAdapter, number: int, rank
     key = distributed_key(job.id, number, rank, scale)
     if not rt.store.exists(key):
         with rt.store.local_path(source.storage_key) as path:
-            global_tensors = load_file(str(path))
+            global_tensors = load_adapter(path)
         tensors = strategy_for(job).distribute(global_tensors, rank, scale)
         if number == 0 and spec_of(job).model is not None:
             # The round-0 extras are a seeded draw that only gives the adapter its layout. A

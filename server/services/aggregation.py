@@ -182,10 +182,7 @@ def _claimed(
 
 def _combine_when_complete(session: Session, rt: Runtime, round_id: uuid.UUID) -> None:
     steps = rt.dispatch
-    shards = sharding.shards_of(session, round_id)
-    if isinstance(steps, sharding.StepDispatch) and all(
-        s.status == ShardStatus.DONE for s in shards
-    ):
+    if all(s.status == ShardStatus.DONE for s in sharding.shards_of(session, round_id)):
         after_commit(session, lambda: steps.combine(round_id))
 
 

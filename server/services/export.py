@@ -152,7 +152,7 @@ def peft_files(
 
 def _exportable_model(job: Job, strategy: Strategy, model: ModelSpec | None) -> ModelSpec:
     """The job's model, or :class:`NotExportable` saying why its adapter cannot be exported."""
-    if strategy.adapter_type == "vera" or strategy.is_private("B"):
+    if strategy.adapter_type == "vera" or strategy.is_private("lora_B"):
         raise NotExportable(
             f"job {job.id} uses {job.strategy}: no global B exists, each device holds its own "
             "B; export the personalised adapter on the device with "

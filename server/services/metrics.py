@@ -61,7 +61,9 @@ def download_bytes(job: Job, rank: int) -> int:
     numel = 0
     for d_in, d_out in modules_of(spec).values():
         for kind in strategy.received_kinds:
-            numel += {"A": rank * d_in, "B": d_out * rank, "lambda_d": rank}.get(kind, d_out)
+            numel += {"lora_A": rank * d_in, "lora_B": d_out * rank, "vera_lambda_d": rank}.get(
+                kind, d_out
+            )
     if strategy.shares_extra:
         numel += sum(math.prod(shape) for shape in extra_of(spec).values())
     return numel * FLOAT32_BYTES

@@ -4,11 +4,12 @@ Every aggregating round gets a plan: ``AggregationShard`` rows, one per cell of 
 *module groups x client groups*. A small round has one cell, aggregated in one step by
 ``services.aggregation.aggregate_round``. A round whose accepted updates exceed
 ``shard_threshold_bytes`` is split: each shard task reads only its modules' tensors
-(``safe_open``) of only its clients, folds them into a strategy accumulator restricted to those
-modules, and stores ``accumulator.state()`` under ``partial_key``. The shard that finishes last
-(decided under the round's row lock) queues the combine step, which merges the client-group
-partials of each module group and concatenates the groups' results: exact, because every
-strategy aggregates each module (and each shared extra tensor) independently.
+(``tensors.load_adapter_part``) of only its clients, folds them into a strategy accumulator
+restricted to those modules, and stores ``accumulator.state()`` under ``partial_key``. The
+shard that finishes last (decided under the round's row lock) queues the combine step, which
+merges the client-group partials of each module group and concatenates the groups' results:
+exact, because every strategy aggregates each module (and each shared extra tensor)
+independently.
 
 The rows are also the claim lease that makes redelivery safe: a step is claimed by one
 delivery (``claimed_by``); a duplicate message finds it claimed and returns, a message
@@ -21,15 +22,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from safetensors import safe_open
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -44,30 +42,11 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
 
 
-@runtime_checkable
-class StepDispatch(Protocol):
-    """A dispatcher that can also queue shard and combine steps (embedded or Celery).
-
-    A plain ``dispatch(round_id)`` callable is enough for unsharded aggregation; rounds are
-    only ever split when the runtime's dispatcher can run the steps.
-    """
-
-    def __call__(self, round_id: uuid.UUID) -> None: ...
-
-    def shard(self, round_id: uuid.UUID, index: int) -> None: ...
-
-    def combine(self, round_id: uuid.UUID) -> None: ...
-
-
 # ---------------------------------------------------------------------------------- planning
 def plan_for(rt: Runtime, total_bytes: int, n_updates: int, n_modules: int) -> tuple[int, int]:
     """(module groups, client groups) for a round: (1, 1) unless its updates are too big."""
     settings = rt.settings
-    if (
-        total_bytes <= settings.shard_threshold_bytes
-        or n_updates == 0
-        or not isinstance(rt.dispatch, StepDispatch)
-    ):
+    if total_bytes <= settings.shard_threshold_bytes or n_updates == 0:
         return 1, 1
     groups = max(1, min(settings.shard_modules, n_modules, settings.shard_max))
     clients = math.ceil(total_bytes / (groups * settings.shard_threshold_bytes))
@@ -137,8 +116,8 @@ def module_group_of(modules: Mapping[str, tuple[int, int]], groups: int) -> dict
 
 def owner_of(key: str, assignment: Mapping[str, int]) -> int:
     """The module group that owns a key; shared extra tensors belong to group 0."""
-    kind, module = classify(key)
-    return 0 if kind == "extra" else assignment.get(module, 0)
+    part, module = classify(key)
+    return 0 if part == "extra" else assignment.get(module, 0)
 
 
 def client_slice(n: int, group: int, groups: int) -> slice:
@@ -217,7 +196,6 @@ def dispatch_steps(
 ) -> None:
     """Queue every unfinished shard of a sharded round, or its combine if all are done."""
     steps = rt.dispatch
-    assert isinstance(steps, StepDispatch), "sharded rounds need a step dispatcher"
     pending = [s for s in shards if s.status != ShardStatus.DONE]
     if not pending:
         after_commit(session, lambda: steps.combine(round_id))
@@ -225,24 +203,3 @@ def dispatch_steps(
     for shard in pending:
         shard.dispatched_at = now
         after_commit(session, functools.partial(steps.shard, round_id, shard.index))
-
-
-# ---------------------------------------------------------------------------------- reading
-def read_tensors(path: Path, wanted: Callable[[str], bool] | None = None) -> tuple[Tensors, int]:
-    """The tensors of a safetensors file whose key is ``wanted`` (all by default), as float32,
-    and the bytes they occupy. ``safe_open`` maps the file: a shard reads only its tensors."""
-    out: Tensors = {}
-    size = 0
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-            if wanted is None or wanted(key):
-                tensor = handle.get_tensor(key)
-                size += tensor.numel() * tensor.element_size()
-                out[key] = tensor.float()
-    return out, size
-
-
-def pause_for_tests(rt: Runtime) -> None:
-    """Fault-injection hook: sleep ``test_aggregation_delay_s`` (0 outside tests)."""
-    if rt.settings.test_aggregation_delay_s:
-        time.sleep(rt.settings.test_aggregation_delay_s)

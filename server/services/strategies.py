@@ -10,15 +10,14 @@ import math
 from functools import lru_cache
 
 from server.aggregation import AggregationError, Strategy, get_strategy, lora_scale
+from server.aggregation.keys import ADAPTER_PARTS, part_of
 from server.db.models import Job
 from server.errors import InvalidRequest
 from server.schemas.job_spec import JobSpec
-from server.services.adapter_format import ITEMSIZE
+from server.tensors import ITEMSIZE
 
 UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of upload_bytes()
 
-LORA_PARTS = ("lora_A", "lora_B")
-VERA_PARTS = ("vera_lambda_d", "vera_lambda_b")
 # Baselines whose math is only defined when every client has the same rank.
 EQUAL_RANK_STRATEGIES = frozenset({"fedit", "ffa"})
 
@@ -80,14 +79,6 @@ def client_alpha(spec: JobSpec, rank: int) -> float:
     return spec.lora.lora_alpha * rank if spec.lora.alpha_per_rank else spec.lora.lora_alpha
 
 
-def part_of(key: str) -> str:
-    """The part a state-dict key belongs to: lora_A, lora_B, vera_lambda_d/b, or extra."""
-    for part in (*LORA_PARTS, *VERA_PARTS):
-        if key.endswith(f".{part}.weight") or key.endswith(f".{part}"):
-            return part
-    return "extra"
-
-
 def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
     """(shared, frozen) parts for a client: what it uploads, and what it must not train."""
     strategy = strategy_for(job)
@@ -95,7 +86,7 @@ def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
     modules, extra = modules_of(spec), extra_of(spec)
     shared = {part_of(k) for k in strategy.upload_spec(modules, rank, extra)}
     private = {part_of(k) for k in strategy.private_spec(modules, rank, extra)}
-    every = set(VERA_PARTS if strategy.adapter_type == "vera" else LORA_PARTS)
+    every: set[str] = set(ADAPTER_PARTS[strategy.adapter_type])
     if extra:
         every.add("extra")
     return sorted(shared), sorted(every - shared - private)

@@ -18,7 +18,7 @@ COMBINE_ROUND = "flaas.combine_round"
 class CeleryDispatch:
     """Sends round steps by task name (keyword-only ids, JSON) to the broker.
 
-    Implements ``services.sharding.StepDispatch``. It is called after the transaction that
+    Implements ``services.runtime.AggregationDispatch``. It is called after the transaction that
     made the step necessary has committed; a failed publish is logged, not raised (the data
     is committed, the request must not fail): ``check_deadlines`` re-queues rounds that make
     no progress.

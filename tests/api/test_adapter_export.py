@@ -28,8 +28,8 @@ from client_sdk.model_spec import ModelSpec
 from client_sdk.models import build_base, derive_layout, peft_config
 from client_sdk.trainer_settings import AdapterConfig
 from server.aggregation import ClientUpdate, get_strategy, lora_scale
+from server.aggregation.keys import part_of
 from server.services.export import peft_files
-from server.services.strategies import part_of
 from tests.api.conftest import RunningJob, start_job
 from tests.support import operator
 

@@ -2,8 +2,8 @@
 a worker killed mid-aggregation, a task delivered twice, Redis restarted between rounds.
 
 The coordinator runs in-process (TestClient, broker dispatcher); workers are subprocesses.
-Aggregation is slowed deterministically with ``FLAAS_TEST_AGGREGATION_DELAY_S`` (a sleep after
-reading each update) so that a worker can be killed while it aggregates.
+Aggregation is slowed deterministically (``tests.tasks.slow_worker``: a sleep before folding
+each update) so that a worker can be killed while it aggregates.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from tests.tasks.workers import (  # noqa: F401
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
 TIME_LIMIT = "4"  # seconds: Redis redelivers a lost worker's task after ceil(4.4) + 1 = 6 s
-DELAY = "0.4"  # seconds per update read: 3 updates keep a worker busy 1.2 s
+DELAY = 0.4  # seconds per update folded: 3 updates keep a worker busy 1.2 s
 
 
 class Deployment:
     def __init__(
-        self, database_url: str, tmp_path: Path, broker_url: str, delay: str = DELAY
+        self, database_url: str, tmp_path: Path, broker_url: str, delay: float = DELAY
     ) -> None:
         self.tmp_path = tmp_path
         storage = tmp_path / "adapters"
@@ -66,12 +66,12 @@ class Deployment:
             storage,
             broker_url,
             FLAAS_AGGREGATION_TIME_LIMIT_S=TIME_LIMIT,
-            FLAAS_TEST_AGGREGATION_DELAY_S=delay,
         )
+        self.delay = delay
         self.workers: list[Worker] = []
 
     def worker(self, name: str, concurrency: int = 1) -> Worker:
-        worker = Worker(self.env, self.tmp_path, name, concurrency)
+        worker = Worker(self.env, self.tmp_path, name, concurrency, aggregation_delay_s=self.delay)
         self.workers.append(worker)
         return worker.start()
 
@@ -207,7 +207,7 @@ def test_redis_restarted_between_rounds_the_job_continues(
 ) -> None:
     broker = PrivateRedis(tmp_path)
     broker.start()
-    setup = Deployment(database_url, tmp_path, broker.url, delay="0")
+    setup = Deployment(database_url, tmp_path, broker.url, delay=0)
     try:
         setup.worker("survivor")
         with coordinator(setup.settings) as api:

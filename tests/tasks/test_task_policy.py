@@ -70,11 +70,20 @@ def api(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
 
 
 class Recorder:
+    """A dispatcher that records the rounds it is asked to aggregate; rounds here are never
+    sharded, so a shard or combine step is a bug."""
+
     def __init__(self) -> None:
         self.sent: list[uuid.UUID] = []
 
     def __call__(self, round_id: uuid.UUID) -> None:
         self.sent.append(round_id)
+
+    def shard(self, round_id: uuid.UUID, index: int) -> None:
+        raise AssertionError(f"round {round_id} was sharded (step {index})")
+
+    def combine(self, round_id: uuid.UUID) -> None:
+        raise AssertionError(f"round {round_id} was combined")
 
 
 def aggregating_round(api: TestClient) -> tuple[Runtime, Recorder, uuid.UUID, str]:

@@ -91,7 +91,11 @@ def worker_env(database_url: str, storage: Path, broker_url: str, **extra: str) 
 
 
 class Worker:
-    """``flaas worker`` in its own process group (SIGKILL takes its pool children too)."""
+    """``flaas worker`` in its own process group (SIGKILL takes its pool children too).
+
+    ``aggregation_delay_s`` > 0 runs it through ``tests.tasks.slow_worker``: a sleep before each
+    update is folded, so that a test can kill the worker mid-aggregation.
+    """
 
     def __init__(
         self,
@@ -100,11 +104,17 @@ class Worker:
         name: str,
         concurrency: int = 1,
         options: Sequence[str] = (),
+        aggregation_delay_s: float = 0.0,
     ) -> None:
         self.env = env
         self.name = name
         self.concurrency = concurrency
         self.options = list(options)
+        self.program = (
+            ["tests.tasks.slow_worker", str(aggregation_delay_s)]
+            if aggregation_delay_s
+            else ["server.cli"]
+        )
         self.log_path = workdir / f"worker-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +122,7 @@ class Worker:
         self.log_path.write_bytes(b"")
         self.process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "server.cli", "worker", "--hostname", f"{self.name}@%h"),
+                *(sys.executable, "-m", *self.program, "worker", "--hostname", f"{self.name}@%h"),
                 f"--concurrency={self.concurrency}",
                 *self.options,
             ],
