@@ -19,8 +19,6 @@ UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of uploa
 
 LORA_PARTS = ("lora_A", "lora_B")
 VERA_PARTS = ("vera_lambda_d", "vera_lambda_b")
-# Baselines whose math is only defined when every client has the same rank.
-EQUAL_RANK_STRATEGIES = frozenset({"fedit", "ffa"})
 
 
 @lru_cache(maxsize=256)
