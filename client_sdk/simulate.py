@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay lig
     from client_sdk.rounds import LocalUpdate, Progress, RoundContext, RunResult
 
 VAL_FRACTION = 0.2
-EQUAL_RANK_STRATEGIES = ("fedit", "ffa")
 
 
 @dataclass(frozen=True)
@@ -76,24 +75,25 @@ def task_job_spec(
     r_max: int = 16,
     seed: int = 0,
     round_timeout_s: float = 300.0,
+    equal_ranks: bool = False,
 ) -> dict[str, Any]:
     """A job spec for a built-in task: its model (the coordinator derives the shapes), AutoRank
-    (fixed rank for the equal-rank baselines), LoRA scale 2 at every rank, and the task's local
-    settings."""
+    (a fixed rank when ``equal_ranks``: the strategy needs every client at one rank, which the
+    coordinator's strategy answers, ``Strategy.equal_ranks``, and its 422 says), LoRA scale 2
+    at every rank, and the task's local settings."""
     from client_sdk.tasks import get_task
 
     task = get_task(task_name)
     settings = task.default_settings
-    fixed = strategy in EQUAL_RANK_STRATEGIES
     return {
         "name": f"{task_name}-{strategy}",
         "model": task.model_spec().model_dump(exclude_none=True),
         "strategy": strategy,
         "rank": {
-            "policy": "fixed" if fixed else "autorank",
+            "policy": "fixed" if equal_ranks else "autorank",
             "r_min": r_min,
             "r_max": r_max,
-            **({"default_rank": r_max // 2} if fixed else {}),
+            **({"default_rank": r_max // 2} if equal_ranks else {}),
         },
         # Scale alpha / r = 2 at every rank, the measured digits setup.
         "lora": {"lora_alpha": 2.0, "alpha_per_rank": True},

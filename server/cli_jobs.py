@@ -24,8 +24,6 @@ from client_sdk.cli_errors import one_line
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PAGE = 100  # jobs per request when resolving a prefix (within any FLAAS_MAX_PAGE_SIZE)
 BAR_WIDTH = 30
-# JobStatus.ended, spelled out: the CLI must not import the database layer (tested equal).
-ENDED = frozenset({"finished", "cancelled", "failed"})
 
 
 def first_key(keys: str) -> str | None:
@@ -200,7 +198,7 @@ def progress_line(event: Mapping[str, Any]) -> str:
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     if status == "enrolling":
         where = "enrolment open"
-    elif status in ENDED:
+    elif event["ended"]:
         where = f"round {current}/{total}"
     else:
         where = f"round {current}/{total} {event.get('round_status') or ''}".rstrip()
@@ -233,7 +231,7 @@ def job_watch(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     event: dict[str, Any] | None = None
     # Keepalives come every 15 s; a stream the coordinator ends (every 5 min) is reopened.
     with operator_client(args, timeout=httpx.Timeout(10.0, read=60.0)) as http:
-        while event is None or event["status"] not in ENDED:
+        while event is None or not event["ended"]:
             try:
                 for event in _events(http, job_id):
                     line = progress_line(event)
@@ -245,7 +243,7 @@ def job_watch(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
                 raise SystemExit(
                     f"error: lost the coordinator at {args.server}: {one_line(str(exc))}"
                 ) from None
-            if event is None or event["status"] not in ENDED:
+            if event is None or not event["ended"]:
                 time.sleep(1.0)
     if tty:
         out.write("\n")

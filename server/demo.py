@@ -152,6 +152,7 @@ def run_demo(
     clients_dir)`` runs after the last round while the coordinator still serves (benchmarks
     score the devices' own models there); ``max_ranks`` caps each device's rank."""
     from client_sdk.simulate import run_simulation, task_job_spec
+    from server.aggregation import AggregationError, strategy_class
 
     if data_dir is None:
         with tempfile.TemporaryDirectory(prefix="flaas-demo-") as scratch:
@@ -164,7 +165,14 @@ def run_demo(
     workdir = Path(data_dir)
     workdir.mkdir(parents=True, exist_ok=True)
     if spec is None:
-        spec = task_job_spec(task, strategy=strategy, clients=clients, rounds=rounds, seed=seed)
+        try:
+            equal_ranks = strategy_class(strategy).equal_ranks
+        except AggregationError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        spec = task_job_spec(
+            task, strategy=strategy, clients=clients, rounds=rounds, seed=seed,
+            equal_ranks=equal_ranks,
+        )  # fmt: skip
     strategy, rounds = spec["strategy"], spec["rounds"]
     with EmbeddedCoordinator(workdir) as coordinator, coordinator.operator() as http:
         response = http.post("/api/v1/jobs", json=spec)

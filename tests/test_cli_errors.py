@@ -103,19 +103,12 @@ def test_job_id_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:
         assert said in str(refused.value.code)
 
 
-def test_watch_ends_on_the_statuses_the_coordinator_ends_on() -> None:
-    from server.cli_jobs import ENDED
-    from server.db.models import JobStatus
-
-    assert {status.value for status in JobStatus if status.ended} == ENDED
-
-
 def test_progress_line_bar() -> None:
-    event = {"status": "running", "current_round": 3, "total_rounds": 10}
+    event = {"status": "running", "current_round": 3, "total_rounds": 10, "ended": False}
     line = progress_line({**event, "round_status": "open", "accepted": 2})
     assert line.startswith("[" + "#" * 6 + "." * 24 + "] 2/10 rounds")
     assert "round 3/10 open, 2 update(s) accepted" in line
-    done = progress_line({**event, "status": "finished", "current_round": 10})
+    done = progress_line({**event, "status": "finished", "current_round": 10, "ended": True})
     assert "10/10 rounds" in done and "#" * 30 in done
     assert "enrolment open" in progress_line({**event, "status": "enrolling", "current_round": 0})
 

@@ -15,7 +15,12 @@ The global adapter is stored scale-folded (A' = sqrt(s) A, B' = sqrt(s) B) at ra
 from server.aggregation.accumulator import Accumulator
 from server.aggregation.base import Strategy
 from server.aggregation.errors import AggregationError
-from server.aggregation.registry import available_strategies, get_strategy
+from server.aggregation.registry import (
+    available_strategies,
+    get_strategy,
+    register_strategy,
+    strategy_class,
+)
 from server.aggregation.update import ClientUpdate, lora_scale
 
 __all__ = [
@@ -26,4 +31,6 @@ __all__ = [
     "available_strategies",
     "get_strategy",
     "lora_scale",
+    "register_strategy",
+    "strategy_class",
 ]

@@ -14,27 +14,21 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
 from server.aggregation.errors import AggregationError
 from server.aggregation.keys import SLICE_DIM, Part, classify, full_shape, tail_shape
 from server.aggregation.layout_sum import LayoutSum
+from server.aggregation.packed import Signature
+from server.aggregation.rules import Inspected, StrategyRules, Tensors
 from server.aggregation.update import ClientUpdate
 from server.aggregation.validation import (
     BatchChecker,
-    Inspected,
     Layout,
-    Signature,
     layout_from_previous,
     previous_rank,
 )
-
-if TYPE_CHECKING:
-    from server.aggregation.base import Strategy
-
-Tensors = dict[str, torch.Tensor]
 
 _COUNTS = "__counts__"  # int64 [num_updates, total_samples]
 _COVERAGE = "__coverage__"  # int64 (R,): samples that trained each slice
@@ -53,11 +47,15 @@ class Accumulator:
     """
 
     def __init__(
-        self, strategy: Strategy, previous: Mapping[str, torch.Tensor] | None, *, r_max: int | None
+        self,
+        strategy: StrategyRules,
+        previous: Mapping[str, torch.Tensor] | None,
+        *,
+        r_max: int | None,
     ) -> None:
         self.strategy = strategy
         self._previous = dict(previous) if previous else None
-        prev_r = previous_rank(strategy, self._previous) if self._previous else None
+        prev_r = previous_rank(self._previous) if self._previous else None
         if r_max is not None and prev_r is not None and prev_r != r_max:
             raise AggregationError(
                 f"the previous global adapter has rank {prev_r} but r_max is {r_max}"
@@ -329,7 +327,7 @@ class Accumulator:
             if not math.isfinite(float(num.sum())):
                 raise AggregationError(
                     "the aggregate is not finite: an update with NaN/inf values was added "
-                    "without validation (run Strategy.validate on the batch to find it)",
+                    "without validation (run validate_batch on the batch to find it)",
                     tensor=key,
                 )
 

@@ -21,15 +21,10 @@ from server.aggregation.accumulator import Accumulator
 from server.aggregation.errors import AggregationError
 from server.aggregation.init import initial_tensors
 from server.aggregation.keys import ADAPTER_PARTS, SLICE_DIM, Part, classify, key_for
+from server.aggregation.rules import Inspected, PartialSums, Tensors
 from server.aggregation.update import ClientUpdate
-from server.aggregation.validation import (
-    BatchChecker,
-    Inspected,
-    layout_from_previous,
-    previous_rank,
-)
+from server.aggregation.validation import previous_rank, validate_batch
 
-Tensors = dict[str, torch.Tensor]
 _EMPTY: Mapping[str, tuple[int, ...]] = {}
 
 
@@ -136,28 +131,6 @@ class Strategy:
         return initial_tensors(modules, kinds, rank=self._check_rank(rank), seed=seed, extra=extra)
 
     # ------------------------------------------------------------------ aggregation
-    def validate(
-        self, updates: Sequence[ClientUpdate], previous: Mapping[str, torch.Tensor] | None = None
-    ) -> None:
-        """Check a whole batch before aggregating; raise :class:`AggregationError` naming the
-        client and tensor (bad key/shape/dtype, missing pair, rank above r_max, NaN, ...)."""
-        if not updates:
-            raise AggregationError("no client updates to aggregate")
-        seen: dict[str, int] = {}
-        for i, update in enumerate(updates):
-            if not isinstance(update, ClientUpdate):
-                raise AggregationError(f"item {i} is a {type(update).__name__}, not a ClientUpdate")
-            if update.client_id is not None:
-                if update.client_id in seen:
-                    raise AggregationError("appears twice in the batch", client_id=update.client_id)
-                seen[update.client_id] = i
-        prev_r = previous_rank(self, previous) if previous else None
-        limit = self.r_max if self.r_max is not None else prev_r
-        layout = layout_from_previous(self, previous) if previous else None
-        checker = BatchChecker(self, layout, limit)
-        for update in updates:
-            checker.inspect(update)
-
     def accumulator(self, previous: Mapping[str, torch.Tensor] | None = None) -> Accumulator:
         """An empty streaming accumulator on top of ``previous`` (the current global adapter)."""
         return Accumulator(self, previous, r_max=self.r_max)
@@ -178,7 +151,7 @@ class Strategy:
         previous: Mapping[str, torch.Tensor] | None = None,
     ) -> Tensors:
         """One-shot convenience: validate the batch, fold every update, return the result."""
-        self.validate(updates, previous)
+        validate_batch(self, self.r_max, updates, previous)
         acc = self.accumulator(previous)
         for update in updates:
             acc.add(update)
@@ -204,14 +177,14 @@ class Strategy:
         }
         return {key: fold[kind] for key, kind in info.kinds.items()}, {}
 
-    def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
+    def divisor(self, acc: PartialSums, key: str, module: str) -> torch.Tensor:
         """Per-slice denominator (R,) for a rank-bearing key; 0 marks an uncovered slice.
 
         Default (RBLA rule): slice i is divided by the samples of the clients that have it.
         """
         return acc.coverage_tensor()
 
-    def previous_share(self, acc: Accumulator) -> torch.Tensor | None:
+    def previous_share(self, acc: PartialSums) -> torch.Tensor | None:
         """Per-slice weight (R,) of the previous global adapter in the new one, added to
         ``numerator / divisor`` for every rank-bearing key; None (the default): no share."""
         return None
@@ -230,7 +203,7 @@ class Strategy:
         rank = self._check_rank(rank)
         if not math.isfinite(scale) or scale <= 0:
             raise AggregationError(f"scale must be a positive finite number, got {scale!r}")
-        global_r = previous_rank(self, global_adapter)
+        global_r = previous_rank(global_adapter)
         if global_r is not None and rank > global_r:
             raise AggregationError(f"rank {rank} exceeds the global adapter's rank {global_r}")
         unfold = {"lora_A": math.sqrt(scale), "lora_B": math.sqrt(scale), "vera_lambda_d": scale}
@@ -249,4 +222,4 @@ class Strategy:
         return out
 
 
-__all__ = ["Strategy", "Tensors"]
+__all__ = ["Strategy"]

@@ -10,11 +10,10 @@ from typing import ClassVar
 
 import torch
 
-from server.aggregation.accumulator import Accumulator
 from server.aggregation.base import Strategy
 from server.aggregation.keys import Part, classify
+from server.aggregation.rules import Inspected, PartialSums
 from server.aggregation.update import ClientUpdate
-from server.aggregation.validation import Inspected
 
 
 class FedIT(Strategy):
@@ -42,7 +41,7 @@ class ZeroPad(Strategy):
 
     name: ClassVar[str] = "zeropad"
 
-    def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
+    def divisor(self, acc: PartialSums, key: str, module: str) -> torch.Tensor:
         """Every covered slice is divided by the total sample count."""
         cov = acc.coverage_tensor()
         return torch.where(cov > 0, float(acc.total_samples), 0.0)
@@ -84,7 +83,7 @@ class HetLoRA(Strategy):
             coeffs[key] = den[module] * math.sqrt(s)
         return coeffs, den
 
-    def divisor(self, acc: Accumulator, key: str, module: str) -> torch.Tensor:
+    def divisor(self, acc: PartialSums, key: str, module: str) -> torch.Tensor:
         """Every covered slice of ``module`` is divided by Z = sum of that module's weights."""
         cov = acc.coverage_tensor()
         z = acc.denominator(module)

@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from server.aggregation.accumulator import Accumulator, Tensors
+from server.aggregation.accumulator import Accumulator
 from server.aggregation.base import Strategy
 from server.aggregation.keys import classify, key_for
+from server.aggregation.rules import Inspected, Tensors
 from server.aggregation.update import ClientUpdate
-from server.aggregation.validation import Inspected, Layout
+from server.aggregation.validation import Layout
 
 _DW = ".lora_dW"  # accumulator-internal numerator key per module (never in a global adapter)
 

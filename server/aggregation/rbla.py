@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from server.aggregation.accumulator import Accumulator
-from server.aggregation.base import Strategy, Tensors
+from server.aggregation.base import Strategy
 from server.aggregation.baselines import ZeroPad
 from server.aggregation.keys import classify, key_for
+from server.aggregation.rules import PartialSums, Tensors
 
 
 class RBLA(Strategy):
@@ -48,7 +48,7 @@ class RBLAShrink(ZeroPad):
     name: ClassVar[str] = "rbla-shrink"
     option_values: ClassVar[dict[str, tuple[Any, ...] | None]] = {}
 
-    def previous_share(self, acc: Accumulator) -> torch.Tensor:
+    def previous_share(self, acc: PartialSums) -> torch.Tensor:
         """``1 - P_i / N`` on covered slices: the samples that did not train slice i vote for
         its previous value (uncovered slices are restored whole by the accumulator)."""
         cov = acc.coverage_tensor()

@@ -2,26 +2,22 @@
 
 A :class:`BatchChecker` remembers the layout (key set and per-key shapes without the rank
 dimension) fixed by the previous global adapter or by the first update, so that the streaming
-accumulator and the one-shot ``Strategy.validate`` apply exactly the same rules.
+accumulator and the one-shot :func:`validate_batch` apply exactly the same rules.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from server.aggregation.errors import AggregationError
 from server.aggregation.keys import Part, classify, expected_ndim, rank_of, tail_shape
 from server.aggregation.packed import PackedTensors, Signature
+from server.aggregation.rules import Inspected, StrategyRules
 from server.aggregation.update import ClientUpdate, check_update_header
-
-if TYPE_CHECKING:
-    from server.aggregation.base import Strategy
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -32,25 +28,6 @@ class Layout:
 
     entries: dict[str, tuple[Part, tuple[int, ...]]] = field(default_factory=dict)
     source: str = "the first update"
-
-
-@dataclass
-class Inspected:
-    """What a structurally valid update contains (``signature``: its keys, shapes, dtypes).
-
-    ``entries`` is its layout (key -> (kind, shape without the rank dimension)) and
-    ``rank_key`` the first tensor that carries its rank, for error messages.
-    """
-
-    rank: int
-    entries: dict[str, tuple[Part, tuple[int, ...]]]
-    rank_key: str
-    signature: Signature = Signature(())
-
-    @functools.cached_property
-    def kinds(self) -> dict[str, Part]:
-        """Key -> kind, in upload order."""
-        return {key: kind for key, (kind, _) in self.entries.items()}
 
 
 # Structural facts depend only on the strategy's class and the signature, so they are shared by
@@ -69,7 +46,33 @@ def signature_of(update: ClientUpdate) -> Signature | None:
         return None
 
 
-def previous_rank(strategy: Strategy, previous: Mapping[str, torch.Tensor]) -> int | None:
+def validate_batch(
+    strategy: StrategyRules,
+    r_max: int | None,
+    updates: Sequence[ClientUpdate],
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Check a whole batch before aggregating; raise :class:`AggregationError` naming the
+    client and tensor (bad key/shape/dtype, missing pair, rank above r_max, NaN, ...)."""
+    if not updates:
+        raise AggregationError("no client updates to aggregate")
+    seen: dict[str, int] = {}
+    for i, update in enumerate(updates):
+        if not isinstance(update, ClientUpdate):
+            raise AggregationError(f"item {i} is a {type(update).__name__}, not a ClientUpdate")
+        if update.client_id is not None:
+            if update.client_id in seen:
+                raise AggregationError("appears twice in the batch", client_id=update.client_id)
+            seen[update.client_id] = i
+    prev_r = previous_rank(previous) if previous else None
+    limit = r_max if r_max is not None else prev_r
+    layout = layout_from_previous(strategy, previous) if previous else None
+    checker = BatchChecker(strategy, layout, limit)
+    for update in updates:
+        checker.inspect(update)
+
+
+def previous_rank(previous: Mapping[str, torch.Tensor]) -> int | None:
     """Rank R of a global adapter (None if it has no rank-bearing tensor)."""
     ranks = set()
     for key, tensor in previous.items():
@@ -82,7 +85,7 @@ def previous_rank(strategy: Strategy, previous: Mapping[str, torch.Tensor]) -> i
     return ranks.pop() if ranks else None
 
 
-def layout_from_previous(strategy: Strategy, previous: Mapping[str, torch.Tensor]) -> Layout:
+def layout_from_previous(strategy: StrategyRules, previous: Mapping[str, torch.Tensor]) -> Layout:
     """The upload layout implied by a global adapter (only the keys clients upload)."""
     layout = Layout(source="the previous global adapter")
     for key, tensor in previous.items():
@@ -95,7 +98,7 @@ def layout_from_previous(strategy: Strategy, previous: Mapping[str, torch.Tensor
 class BatchChecker:
     """Validate updates one at a time against a strategy and a shared layout."""
 
-    def __init__(self, strategy: Strategy, layout: Layout | None, r_limit: int | None) -> None:
+    def __init__(self, strategy: StrategyRules, layout: Layout | None, r_limit: int | None) -> None:
         self.strategy = strategy
         self.layout = layout if layout is not None and layout.entries else None
         self.r_limit = r_limit
@@ -182,7 +185,7 @@ class BatchChecker:
             )
 
 
-def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
+def inspect_structure(strategy: StrategyRules, update: ClientUpdate) -> Inspected:
     """Keys, dtypes, dimensions, the one rank and the A/B pairs of an update (not its layout)."""
     who = update.client_id
     kinds: dict[str, Part] = {}
@@ -234,7 +237,7 @@ def inspect_structure(strategy: Strategy, update: ClientUpdate) -> Inspected:
     return Inspected(rank=rank, entries=entries, rank_key=rank_key)
 
 
-def _check_pairs(strategy: Strategy, update: ClientUpdate, kinds: dict[str, Part]) -> None:
+def _check_pairs(strategy: StrategyRules, update: ClientUpdate, kinds: dict[str, Part]) -> None:
     # A lone A (or B) cannot be averaged meaningfully when the strategy shares both.
     if not (strategy.is_uploaded("lora_A") and strategy.is_uploaded("lora_B")):
         return

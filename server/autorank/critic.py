@@ -35,7 +35,7 @@ def critic_weights(x: Matrix, *, normalise: bool = True) -> NDArray[np.float64]:
         )
         info = sigma * (1.0 - rho).sum(axis=1)
         weights[varying] = info
-    total = weights.sum()
+    total = float(weights.sum())
     if total <= 0:
         return np.full(n_cols, 1.0 / n_cols)
     return weights / total
@@ -50,7 +50,7 @@ def shrink_to_uniform(
     swing from one cohort to the next; the prior bounds every weight below by kappa / m, so no
     criterion is silenced by noise. A sum-to-one input stays sum-to-one.
     """
-    m = weights.shape[0]
+    m = len(weights)
     if m == 0:
         return weights
     if not 0.0 <= kappa <= 1.0:
@@ -70,4 +70,6 @@ def topsis_closeness(x: Matrix, weights: NDArray[np.float64]) -> NDArray[np.floa
     d_plus = np.sqrt(((v - v.max(axis=0)) ** 2).sum(axis=1))
     d_minus = np.sqrt(((v - v.min(axis=0)) ** 2).sum(axis=1))
     denom = d_plus + d_minus
-    return np.divide(d_minus, denom, out=np.full(x.shape[0], 0.5), where=denom > 0)
+    closeness = np.full(x.shape[0], 0.5)
+    np.divide(d_minus, denom, out=closeness, where=denom > 0)
+    return closeness

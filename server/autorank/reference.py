@@ -91,4 +91,6 @@ def closeness_to_bounds(
     d_plus = np.sqrt(((weights * (1.0 - u)) ** 2).sum(axis=1))
     d_minus = np.sqrt(((weights * u) ** 2).sum(axis=1))
     denom = d_plus + d_minus
-    return np.divide(d_minus, denom, out=np.full(u.shape[0], 0.5), where=denom > 0)
+    closeness = np.full(u.shape[0], 0.5)
+    np.divide(d_minus, denom, out=closeness, where=denom > 0)
+    return closeness

@@ -99,6 +99,7 @@ class JobEvent(BaseModel):
     updated_at: datetime
     round_status: str | None
     accepted: int
+    ended: bool = Field(description="Whether the job can no longer change: the stream ends.")
 
 
 class ClientActivity(ClientOut):

@@ -17,7 +17,7 @@ from server.services import ranking, rounds
 from server.services.known_clients import KnownClient
 from server.services.models import check_same_model
 from server.services.runtime import Runtime
-from server.services.strategies import EQUAL_RANK_STRATEGIES, spec_of
+from server.services.strategies import spec_of, strategy_for
 
 
 def enrol_client(
@@ -43,7 +43,7 @@ def enrol_client(
             f"job {job.id} already has {enrolled} clients, the limit of this coordinator"
         )
     if (
-        job.strategy in EQUAL_RANK_STRATEGIES
+        strategy_for(job).equal_ranks
         and request.max_rank is not None
         and request.max_rank < spec.rank.default
     ):

@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from server.aggregation import available_strategies, strategy_class
 from server.db.models import Client, Job, JobStatus, utcnow
 from server.db.paging import page
 from server.errors import InvalidRequest, NotFound
@@ -17,12 +18,7 @@ from server.security import JOIN_TOKEN_PREFIX, hash_secret, new_secret
 from server.services import ranking, rounds
 from server.services.models import with_derived_layout
 from server.services.runtime import Runtime
-from server.services.strategies import (
-    EQUAL_RANK_STRATEGIES,
-    extra_of,
-    modules_of,
-    strategy_for_spec,
-)
+from server.services.strategies import extra_of, modules_of, strategy_for_spec
 
 
 def create_job(session: Session, spec: JobSpec, *, max_clients: int) -> tuple[Job, str]:
@@ -44,14 +40,11 @@ def create_job(session: Session, spec: JobSpec, *, max_clients: int) -> tuple[Jo
                 f"{limit_name} ({value}) exceeds this coordinator's limit of "
                 f"{max_clients} clients per job"
             )
-    if (
-        spec.strategy in EQUAL_RANK_STRATEGIES
-        and spec.rank.policy != "fixed"
-        and spec.rank.r_min != spec.rank.r_max
-    ):
+    if strategy.equal_ranks and spec.rank.policy != "fixed" and spec.rank.r_min != spec.rank.r_max:
+        unequal = [n for n in available_strategies() if not strategy_class(n).equal_ranks]
         raise InvalidRequest(
             f"strategy {spec.strategy} needs every client at the same rank: "
-            'set rank.policy to "fixed" (or choose rbla / zeropad / hetlora / flexlora)'
+            f'set rank.policy to "fixed" (or choose {" / ".join(unequal)})'
         )
     ranking.check_budget(spec, max_clients=max_clients)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(2**62)

@@ -16,7 +16,16 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, UpdateStatus, utcnow
+from server.db.models import (
+    Client,
+    ClientUpdate,
+    GlobalAdapter,
+    Job,
+    JobStatus,
+    Round,
+    UpdateStatus,
+    utcnow,
+)
 from server.db.paging import page
 from server.errors import NotFound
 from server.schemas.api import UpdateOut
@@ -284,4 +293,5 @@ def job_event(session: Session, job_id: uuid.UUID) -> JobEvent:
         updated_at=job.updated_at,
         round_status=rnd.status if rnd is not None else None,
         accepted=accepted,
+        ended=JobStatus(job.status).ended,
     )

@@ -18,9 +18,6 @@ from server.tensors import ITEMSIZE
 
 UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of upload_bytes()
 
-# Baselines whose math is only defined when every client has the same rank.
-EQUAL_RANK_STRATEGIES = frozenset({"fedit", "ffa"})
-
 
 @lru_cache(maxsize=256)
 def _cached_strategy(name: str, r_max: int, options: tuple[tuple[str, object], ...]) -> Strategy:

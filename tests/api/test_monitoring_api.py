@@ -72,6 +72,7 @@ def test_events_stream_reports_progress_and_ends_with_the_job(
     assert response.headers["content-type"].startswith("text/event-stream")
     data = [line for line in response.text.splitlines() if line.startswith("data: ")]
     assert json.loads(data[0][6:])["status"] == "cancelled"
+    assert json.loads(data[0][6:])["ended"] is True
 
 
 def test_dashboard_login_sets_a_cookie_the_api_accepts(

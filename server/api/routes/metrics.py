@@ -21,7 +21,7 @@ from server import errors
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.errors import BUSY, INVALID_INPUT, error_responses
 from server.api.pagination import PAGE_OF_A_JOB, PageParams
-from server.db.models import JobStatus, UpdateStatus
+from server.db.models import UpdateStatus
 from server.db.session import read_scope
 from server.schemas.api import Page, UpdateOut
 from server.schemas.metrics import ClientActivity, JobSummary, RoundMetrics
@@ -99,7 +99,7 @@ def _snapshot(runtime: Runtime, job_id: uuid.UUID) -> tuple[str, bool]:
     """The event's JSON, and whether the job has ended."""
     with read_scope(runtime.sessions) as session:
         event = metrics.job_event(session, job_id)
-    return event.model_dump_json(), JobStatus(event.status).ended
+    return event.model_dump_json(), event.ended
 
 
 @router.get("/{job_id}/events", include_in_schema=False)

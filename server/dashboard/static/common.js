@@ -167,7 +167,7 @@ export function liveJob(jobId, onProgress) {
     const event = JSON.parse(message.data);
     indicator.hidden = false;
     onProgress(event);
-    if (["finished", "cancelled", "failed"].includes(event.status)) {
+    if (event.ended) {
       source.close();
       indicator.hidden = true;
     }
