@@ -13,9 +13,11 @@ Python under one GIL (``bench/load.py`` measures the queueing on top).
 Kinds: ``task`` (``GET /clients/me/task``, no wait, training task), ``task-same`` (the same
 client polling again within ``FLAAS_LAST_SEEN_INTERVAL_S``), ``adapter`` (the adapter
 download), ``upload`` (an accepted update), ``retry`` (its identical retry, answered 200),
-``job`` (the operator's ``GET /jobs/{id}``). A client's last-seen time is written at most once
-per ``FLAAS_LAST_SEEN_INTERVAL_S`` (60 s): a kind measured a minute after the clients' previous
-write (``adapter``, ``upload``) includes that write, one transaction per request.
+``waiting`` (the client's task request after that: a wait, what a long-polled request renewed
+costs before it waits), ``job`` (the operator's ``GET /jobs/{id}``). A client's last-seen
+time is written at most once per ``FLAAS_LAST_SEEN_INTERVAL_S`` (60 s): a kind measured a
+minute after the clients' previous write (``adapter``, ``upload``) includes that write, one
+transaction per request.
 """
 
 from __future__ import annotations
@@ -139,6 +141,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             response = http.put(tasks[i]["upload_url"], content=bodies[i], headers=headers)
             assert response.status_code == 200, response.text
 
+        def waiting(i: int) -> None:
+            response = http.get("/api/v1/clients/me/task", headers=auth[i])
+            assert response.json()["action"] == "wait", response.text
+
         def job_status(i: int) -> None:
             http.get(f"/api/v1/jobs/{job['id']}", headers=OPERATOR).raise_for_status()
 
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             ("adapter", adapter),
             ("upload", upload),
             ("retry", retry),
+            ("waiting", waiting),
             ("job", job_status),
         ]:
             rows.append(measure(deploy, database_url, kind, send, n))
