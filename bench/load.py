@@ -14,7 +14,8 @@ It reports the errors (any answer but the expected one, or a request given up af
 attempts; 503s and transport errors are retried, as the SDK does, and counted apart), an
 exactly-once check (per round: the clients answered 201 are the round's accepted updates, each
 once, and the global adapter counts their updates and samples), the coordinator's peak RSS,
-its CPU time (which other work on the machine barely moves, unlike latencies), the p50 /
+its CPU time (which other work on the machine barely moves, unlike latencies; a progress line
+every 15 s on stderr gives the round, the requests so far and the CPU use), the p50 /
 p99 / max latency per request type and the latency of
 ``/healthz`` probed every 50 ms during the load. Client-side latencies include this process's
 own scheduling: it shares the machine with the coordinator.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import signal
@@ -50,6 +52,7 @@ from bench.deploy import (  # noqa: E402
 )
 
 ATTEMPTS = 5  # per request, on a transport error or a 503
+PROGRESS_S = 15.0
 
 
 @dataclass
@@ -176,6 +179,31 @@ async def probe_health(url: str, stop: asyncio.Event, latencies: list[float]) ->
             await asyncio.sleep(0.05)
 
 
+async def report_progress(
+    http: httpx.AsyncClient, deployed: Deployment, job_id: str, record: Record, stop: asyncio.Event
+) -> None:
+    """A line every ``PROGRESS_S`` on stderr: the round, the requests answered and given up so
+    far, and the coordinator's CPU use since the last line."""
+    started, cpu = time.perf_counter(), deployed.coordinator_cpu_s()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROGRESS_S)
+        now_cpu = deployed.coordinator_cpu_s()
+        try:
+            job = (await http.get(f"/api/v1/jobs/{job_id}", headers=OPERATOR)).json()
+            where = f"round {job['current_round']} ({job['status']})"
+        except httpx.HTTPError as exc:
+            where = f"job unread ({type(exc).__name__})"
+        done = ", ".join(f"{kind} {len(v)}" for kind, v in sorted(record.latencies.items()))
+        print(
+            f"  {time.perf_counter() - started:6.0f} s  {where}  {done}  errors "
+            f"{sum(record.errors.values())}  coordinator CPU {(now_cpu - cpu) / PROGRESS_S:.0%}",
+            file=sys.stderr,
+            flush=True,
+        )
+        cpu = now_cpu
+
+
 async def enrol_all(
     http: httpx.AsyncClient, record: Record, job: dict[str, Any], n: int, concurrency: int
 ) -> list[str]:
@@ -264,6 +292,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         health: list[float] = []
         prober = asyncio.create_task(probe_health(deployed.url, stop, health))
+        progress = asyncio.create_task(report_progress(http, deployed, job["id"], record, stop))
         t0 = time.perf_counter()
         credentials = await enrol_all(http, record, job, args.clients, args.concurrency)
         enrol_s = time.perf_counter() - t0
@@ -281,6 +310,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         rounds_cpu_s = deployed.coordinator_cpu_s() - cpu0
         stop.set()
         await prober
+        await progress
         status = (await http.get(f"/api/v1/jobs/{job['id']}", headers=OPERATOR)).json()
         clients: list[str] = [""] * args.clients
         offset = 0

@@ -120,3 +120,24 @@ def test_an_announcement_during_the_read_is_seen_by_the_wait() -> None:
             assert changed is not None and changed.is_set()
 
     asyncio.run(scenario())
+
+
+def test_a_read_older_than_the_max_age_is_not_shared() -> None:
+    job = uuid.uuid4()
+    waiters = Waiters(limit=10, max_age_s=0.2)
+    reads: list[None] = []
+
+    def read() -> int:
+        reads.append(None)
+        return len(reads)
+
+    async def scenario() -> None:
+        # No request waits: requests asking for their task share the read all the same.
+        assert await waiters.shared(job, read) == 1
+        assert await waiters.shared(job, read) == 1
+        await asyncio.sleep(0.3)
+        assert await waiters.shared(job, read) == 2
+        waiters.wake(job)  # announced: never the read begun before it
+        assert await waiters.shared(job, read) == 3
+
+    asyncio.run(scenario())

@@ -1,8 +1,9 @@
 """What a request costs the database: commits and last-seen writes per request type.
 
 Asserts behaviour, not timings (issue 13): a task poll, an adapter download, a job's status
-and an identical retry commit nothing; an accepted or refused upload commits exactly once;
-an authenticated request writes ``last_seen_at`` at most once per interval.
+and an identical retry commit nothing; a waiting client's task request, asked again before its
+job changes, reads nothing; an accepted or refused upload commits exactly once; an
+authenticated request writes ``last_seen_at`` at most once per interval.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class Costs:
 
     commits: int = 0
     last_seen_writes: int = 0
+    statements: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self._lock:
-            self.commits = self.last_seen_writes = 0
+            self.commits = self.last_seen_writes = self.statements = 0
 
     def watch(self, engine: Engine) -> None:
         def on_commit(_connection: Any) -> None:
@@ -44,9 +46,12 @@ class Costs:
                     self.commits += 1
 
         def on_execute(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            if threading.current_thread().name.startswith("flaas-"):
+                return
             normalised = " ".join(statement.split()).lower()
-            if normalised.startswith("update clients set last_seen_at"):
-                with self._lock:
+            with self._lock:
+                self.statements += 1
+                if normalised.startswith("update clients set last_seen_at"):
                     self.last_seen_writes += 1
 
         event.listen(engine, "commit", on_commit)
@@ -112,6 +117,42 @@ def test_reads_commit_nothing(api: TestClient, costs: Costs) -> None:
     assert api.get(f"/api/v1/jobs/{running.id}/metrics", headers=operator(api)).status_code == 200
     assert costs.commits == 0
     assert costs.last_seen_writes == 0
+
+
+def test_a_waiting_clients_renewed_task_requests_read_nothing(
+    api: TestClient, costs: Costs
+) -> None:
+    running = start_job(api)
+    trainees = _trainees(api, running)  # this process now knows every client's credential
+    assert len(trainees) > 1  # one upload does not close the round
+    index, task = trainees[0]
+    assert _upload(api, running, index, task).status_code == 201
+    waiters = api.app.state.waiters  # type: ignore[attr-defined]
+    ask = "/api/v1/clients/me/task"
+    waiters.max_age_s = 0  # the job's shared read is begun after the upload...
+    assert api.get(ask, headers=running.headers(index)).json()["action"] == "wait"
+    waiters.max_age_s = 600  # ...and stays fresh for the rest of the test, however slow
+    costs.reset()
+    for _ in range(3):  # what a long-polled wait renewed costs before it waits
+        answer = api.get(ask, headers=running.headers(index)).json()
+        assert answer["action"] == "wait"
+        assert "already accepted" in answer["reason"]
+    assert costs.statements == 0
+    # Another client of the job shares that read too; its train answer is read again (the
+    # shared read cannot know whether its update was accepted since).
+    other, _ = trainees[1]
+    assert api.get(ask, headers=running.headers(other)).json()["action"] == "train"
+    assert costs.statements > 0
+    costs.reset()
+    assert api.get(ask, headers=running.headers(other)).json()["action"] == "train"
+    assert costs.statements > 0
+
+
+def test_an_unknown_credential_is_refused_however_often_it_asks(api: TestClient) -> None:
+    start_job(api)
+    for _ in range(2):
+        response = api.get("/api/v1/clients/me/task", headers=bearer("flaas_c_not-issued"))
+        assert response.status_code == 401
 
 
 def test_last_seen_is_written_once_per_interval(api: TestClient, costs: Costs) -> None:
