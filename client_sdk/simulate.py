@@ -132,9 +132,9 @@ def run_simulation(
     import torch
 
     from client_sdk.client import Client
+    from client_sdk.lora_round import LoraRound
     from client_sdk.tasks import get_task
     from client_sdk.trainer import LoraTrainer
-    from client_sdk.training import LoraRound
 
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
