@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from client_sdk.tasks import Task, available_tasks, get_task
+from client_sdk.tasks import Task, available_tasks, get_task, register_task
 from client_sdk.trainer_settings import AdapterConfig, TrainSettings
+from tests.user_task import DoubledDigits, forget_registrations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +31,29 @@ def test_registry():
     assert isinstance(get_task("digits"), Task)
     with pytest.raises(ValueError, match="unknown task 'nope'.*digits"):
         get_task("nope")
+
+
+def test_a_registered_task_is_found_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    forget_registrations(monkeypatch)
+    register_task("digits-doubled", DoubledDigits)
+    assert "digits-doubled" in available_tasks()
+    task = get_task("digits-doubled")
+    assert isinstance(task, DoubledDigits) and task is not get_task("digits-doubled")
+    assert len(task.load(0).y_train) == 2 * len(get_task("digits").load(0).y_train)
+
+
+def test_register_task_refuses_a_taken_or_empty_name_and_a_factory_of_no_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forget_registrations(monkeypatch)
+    with pytest.raises(ValueError, match="'digits' is already registered"):
+        register_task("digits", DoubledDigits)
+    with pytest.raises(ValueError, match="non-empty name"):
+        register_task("", DoubledDigits)
+    register_task("not-a-task", dict)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'not-a-task'.*returned a dict, not a Task"):
+        get_task("not-a-task")
+    assert isinstance(get_task("digits"), Task)
 
 
 def test_digits_data_is_deterministic_stratified_and_scaled():
