@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay light
     import numpy as np
@@ -64,50 +64,6 @@ def make_shards(
         val, train = order[:n_val], order[n_val:]
         shards.append(Shard(x[train], y[train], x[val], y[val]))
     return shards
-
-
-def task_job_spec(
-    task_name: str = "digits",
-    *,
-    strategy: str = "rbla-shrink",
-    clients: int = 8,
-    rounds: int = 5,
-    r_min: int = 2,
-    r_max: int = 16,
-    seed: int = 0,
-    round_timeout_s: float = 300.0,
-) -> dict[str, Any]:
-    """A job spec for a built-in task: its model (the coordinator derives the shapes), AutoRank
-    (fixed rank for the equal-rank baselines), LoRA scale 2 at every rank, and the task's local
-    settings."""
-    from client_sdk.tasks import get_task
-
-    task = get_task(task_name)
-    settings = task.default_settings
-    fixed = strategy in EQUAL_RANK_STRATEGIES
-    return {
-        "name": f"{task_name}-{strategy}",
-        "model": task.model_spec().model_dump(exclude_none=True),
-        "strategy": strategy,
-        "rank": {
-            "policy": "fixed" if fixed else "autorank",
-            "r_min": r_min,
-            "r_max": r_max,
-            **({"default_rank": r_max // 2} if fixed else {}),
-        },
-        # Scale alpha / r = 2 at every rank, the measured digits setup.
-        "lora": {"lora_alpha": 2.0, "alpha_per_rank": True},
-        "rounds": rounds,
-        "enrolment": {"min_clients": clients, "target_clients": clients, "timeout_s": 600},
-        "round": {"timeout_s": round_timeout_s},
-        "training": {
-            "epochs": settings.get("epochs", 1),
-            "lr": settings["lr"],
-            "batch_size": settings["batch_size"],
-            "optimizer": settings["optimizer"],
-        },
-        "seed": seed,
-    }
 
 
 def run_simulation(

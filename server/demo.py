@@ -151,7 +151,8 @@ def run_demo(
     bounds then rule; ``clients`` must match its enrolment); ``on_finished(http, job_id,
     clients_dir)`` runs after the last round while the coordinator still serves (benchmarks
     score the devices' own models there); ``max_ranks`` caps each device's rank."""
-    from client_sdk.simulate import run_simulation, task_job_spec
+    from client_sdk.simulate import run_simulation
+    from client_sdk.tasks.job_spec import task_job_spec
 
     if data_dir is None:
         with tempfile.TemporaryDirectory(prefix="flaas-demo-") as scratch:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from client_sdk.tasks import Task, available_tasks, get_task, register_task
+from client_sdk.tasks.job_spec import task_job_spec
 from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 from tests.user_task import DoubledDigits, forget_registrations
 
@@ -40,6 +41,9 @@ def test_a_registered_task_is_found_by_name(monkeypatch: pytest.MonkeyPatch) -> 
     task = get_task("digits-doubled")
     assert isinstance(task, DoubledDigits) and task is not get_task("digits-doubled")
     assert len(task.load(0).y_train) == 2 * len(get_task("digits").load(0).y_train)
+    spec = task_job_spec("digits-doubled", strategy="rbla", clients=3)
+    assert spec["name"] == "digits-doubled-rbla" and spec["enrolment"]["min_clients"] == 3
+    assert spec["model"] == get_task("digits").model_spec().model_dump(exclude_none=True)
 
 
 def test_register_task_refuses_a_taken_or_empty_name_and_a_factory_of_no_task(
