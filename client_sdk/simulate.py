@@ -108,7 +108,7 @@ def run_simulation(
         from transformers.utils import logging as transformers_logging
 
         # One "Loading weights" bar per simulated client and round would bury the output.
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
     gate = threading.Semaphore(concurrency)
     root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="flaas-sim-"))
     sdk_clients: list[Client] = []
