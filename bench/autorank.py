@@ -33,10 +33,10 @@ def client_stats(alpha: float, clients: int, seed: int) -> list[dict[str, Any]]:
     """The enrolment statistics of ``clients`` digits shards (Dirichlet ``alpha``)."""
     import torch
 
+    from client_sdk.lora_round import LoraRound
     from client_sdk.simulate import make_shards
     from client_sdk.tasks import get_task
     from client_sdk.trainer import LoraTrainer
-    from client_sdk.training import LoraRound
 
     torch.set_num_threads(1)
     task = get_task("digits")

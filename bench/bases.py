@@ -35,7 +35,9 @@ from client_sdk.model_spec import BUILTIN_CONFIGS  # noqa: E402
 from client_sdk.simulate import make_shards  # noqa: E402
 from client_sdk.tasks import get_task  # noqa: E402
 from client_sdk.tasks.vision import public_split  # noqa: E402
-from client_sdk.trainer import AdapterConfig, LoraTrainer, TrainSettings, decode_update  # noqa: E402
+from client_sdk.trainer import LoraTrainer  # noqa: E402
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings  # noqa: E402
+from client_sdk.wire_format import decode_update  # noqa: E402
 
 CLIENTS, ROUNDS, ALPHA, SEED = 8, 10, 0.5, 0
 #: name -> (rank, the parts the clients train and share; None: LoRA A, B and the head).

@@ -124,7 +124,8 @@ def client_rounds(rounds: int) -> dict[str, float]:
 
     from client_sdk.simulate import make_shards
     from client_sdk.tasks import get_task
-    from client_sdk.trainer import AdapterConfig, LoraTrainer, TrainSettings
+    from client_sdk.trainer import LoraTrainer
+    from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 
     torch.set_num_threads(1)
     task = get_task("digits")
@@ -142,7 +143,7 @@ def client_rounds(rounds: int) -> dict[str, float]:
             adapter, incoming=incoming, shared_parts=parts, train_data=train, val_data=val,
             settings=settings,
         )  # fmt: skip
-        from client_sdk.trainer import decode_update
+        from client_sdk.wire_format import decode_update
 
         return time.perf_counter() - started, decode_update(result.update)[0]
 

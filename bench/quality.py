@@ -104,7 +104,7 @@ def cells(matrix: str, seeds: tuple[int, ...]) -> Iterator[Cell]:
 
 def job_spec(cell: Cell) -> dict[str, Any]:
     """The job spec of a cell: the demo's, with the cell's rank policy and training."""
-    from client_sdk.simulate import task_job_spec
+    from client_sdk.tasks.job_spec import task_job_spec
 
     spec = task_job_spec(
         cell.task, strategy=cell.strategy, clients=cell.clients, rounds=cell.rounds,

@@ -42,8 +42,9 @@ class DeviceScorer:
 
     def __call__(self, http: httpx.Client, job_id: str, clients_dir: Path) -> None:
         from client_sdk.device_export import find_job_state
-        from client_sdk.trainer import AdapterConfig, LoraTrainer
-        from client_sdk.trainer_parts import decode_update
+        from client_sdk.trainer import LoraTrainer
+        from client_sdk.trainer_settings import AdapterConfig
+        from client_sdk.wire_format import decode_update
         from server.aggregation import get_strategy
         from server.schemas.job_spec import JobSpec
         from server.services.strategies import client_alpha

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from client_sdk.model_spec import ModelSpec
-from client_sdk.trainer_parts import encode_update
 from client_sdk.trainer_settings import AdapterConfig
+from client_sdk.wire_format import encode_update
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

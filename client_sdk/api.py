@@ -94,7 +94,7 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_s)
-        return min(self.base_s * 2**attempt, self.max_s) * random.uniform(0.5, 1.0)
+        return min(self.base_s * 2.0**attempt, self.max_s) * random.uniform(0.5, 1.0)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from client_sdk.tasks.base import MLP, seeded_init
-from client_sdk.trainer_parts import decode_update, encode_update
+from client_sdk.wire_format import decode_update, encode_update
 
 #: Bump when the build procedure changes in a way the recipe does not name.
 BUILD_VERSION = 1
@@ -103,9 +103,9 @@ def build(config: Mapping[str, Any], x: np.ndarray, y: np.ndarray) -> dict[str, 
         order = torch.Generator().manual_seed(int(recipe["seed"]))
         model.train()
         for _ in range(int(recipe["epochs"])):
-            for idx in torch.randperm(len(labels), generator=order).split(batch):
+            for idx in torch.split(torch.randperm(len(labels), generator=order), batch):
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(model(inputs[idx]), labels[idx]).backward()
+                torch.autograd.backward(F.cross_entropy(model(inputs[idx]), labels[idx]))
                 optimizer.step()
         model.fc3 = seeded_init(lambda: nn.Linear(hidden, classes), int(recipe["head_seed"]))
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -279,7 +279,7 @@ class Client:
             return train
         if data is None:
             raise ValueError("a LoraTrainer needs data (a LocalDataset)")
-        from client_sdk.training import LoraRound
+        from client_sdk.lora_round import LoraRound
 
         return LoraRound(train, data, val_data)
 

@@ -17,8 +17,8 @@ from client_sdk.adapter_export import WEIGHTS_FILE, peft_adapter_files, write_ad
 from client_sdk.api import ApiClient
 from client_sdk.model_spec import ModelSpec
 from client_sdk.state import DeviceState
-from client_sdk.trainer_parts import decode_update
 from client_sdk.trainer_settings import AdapterConfig
+from client_sdk.wire_format import decode_update
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Needs torch, transformers and peft (imported here, not by :mod:`client_sdk.model
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import warnings
@@ -18,6 +19,7 @@ from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model, get_peft_mod
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
+from client_sdk.adapter_parts import AdapterLayout, module_of, part_of
 from client_sdk.model_spec import (
     ALL_LINEAR,
     BUILTIN_INIT_SEED,
@@ -26,7 +28,6 @@ from client_sdk.model_spec import (
     locate_model,
 )
 from client_sdk.tasks.base import MLP, seeded_init
-from client_sdk.trainer_parts import AdapterLayout, module_of, part_of
 from client_sdk.trainer_settings import AdapterConfig
 
 #: Held while a model is built or wrapped. transformers builds a model through process-wide
@@ -90,7 +91,9 @@ def _build(
                 source, local_files_only=True, **kwargs
             )
             with torch.device("meta"):
-                return auto.from_config(config).eval()
+                # transformers leaves from_config unannotated.
+                skeleton: nn.Module = auto.from_config(config)  # type: ignore[no-untyped-call]
+            return skeleton.eval()
         model: nn.Module = auto.from_pretrained(source, local_files_only=True, **kwargs)
     return model.to(device).eval()
 
@@ -162,7 +165,7 @@ def unwrap(model: PeftModel) -> nn.Module:
         if isinstance(module, ModulesToSaveWrapper)
     }
     with quiet_vera():
-        base = model.unload()
+        base: nn.Module = model.unload()
     for name, module in originals.items():
         base.set_submodule(name, module)
     return base
@@ -241,7 +244,7 @@ def _quiet_transformers() -> Iterator[None]:
     import transformers
 
     verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity(logging.ERROR)
     try:
         yield
     finally:

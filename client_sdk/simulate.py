@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay light
     import numpy as np
@@ -65,51 +65,6 @@ def make_shards(
     return shards
 
 
-def task_job_spec(
-    task_name: str = "digits",
-    *,
-    strategy: str = "rbla-shrink",
-    clients: int = 8,
-    rounds: int = 5,
-    r_min: int = 2,
-    r_max: int = 16,
-    seed: int = 0,
-    round_timeout_s: float = 300.0,
-    equal_ranks: bool = False,
-) -> dict[str, Any]:
-    """A job spec for a built-in task: its model (the coordinator derives the shapes), AutoRank
-    (a fixed rank when ``equal_ranks``: the strategy needs every client at one rank, which the
-    coordinator's strategy answers, ``Strategy.equal_ranks``, and its 422 says), LoRA scale 2
-    at every rank, and the task's local settings."""
-    from client_sdk.tasks import get_task
-
-    task = get_task(task_name)
-    settings = task.default_settings
-    return {
-        "name": f"{task_name}-{strategy}",
-        "model": task.model_spec().model_dump(exclude_none=True),
-        "strategy": strategy,
-        "rank": {
-            "policy": "fixed" if equal_ranks else "autorank",
-            "r_min": r_min,
-            "r_max": r_max,
-            **({"default_rank": r_max // 2} if equal_ranks else {}),
-        },
-        # Scale alpha / r = 2 at every rank, the measured digits setup.
-        "lora": {"lora_alpha": 2.0, "alpha_per_rank": True},
-        "rounds": rounds,
-        "enrolment": {"min_clients": clients, "target_clients": clients, "timeout_s": 600},
-        "round": {"timeout_s": round_timeout_s},
-        "training": {
-            "epochs": settings.get("epochs", 1),
-            "lr": settings["lr"],
-            "batch_size": settings["batch_size"],
-            "optimizer": settings["optimizer"],
-        },
-        "seed": seed,
-    }
-
-
 def run_simulation(
     server: str,
     job_id: str,
@@ -132,9 +87,9 @@ def run_simulation(
     import torch
 
     from client_sdk.client import Client
+    from client_sdk.lora_round import LoraRound
     from client_sdk.tasks import get_task
     from client_sdk.trainer import LoraTrainer
-    from client_sdk.training import LoraRound
 
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -152,7 +107,7 @@ def run_simulation(
         from transformers.utils import logging as transformers_logging
 
         # One "Loading weights" bar per simulated client and round would bury the output.
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
     gate = threading.Semaphore(concurrency)
     root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="flaas-sim-"))
     sdk_clients: list[Client] = []

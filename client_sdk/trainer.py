@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from client_sdk.adapter_parts import AdapterLayout, check_parts, check_tensors, part_of
 from client_sdk.model_spec import ModelLocation, ModelSpec, locate_model
 from client_sdk.models import (
     BUILD_LOCK,
@@ -32,28 +34,9 @@ from client_sdk.models import (
     wrap,
 )
 from client_sdk.text_data import LocalDataset
-from client_sdk.trainer_parts import (
-    AdapterLayout,
-    TrainResult,
-    check_parts,
-    check_tensors,
-    decode_update,
-    encode_update,
-    part_of,
-)
 from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 from client_sdk.training_loop import Observation, fit, observe, resolve_device
-
-__all__ = [
-    "AdapterConfig",
-    "AdapterLayout",
-    "LoraTrainer",
-    "TrainResult",
-    "TrainSettings",
-    "decode_update",
-    "encode_update",
-    "part_of",
-]
+from client_sdk.wire_format import encode_update
 
 _ADAPTER_NAME = "default"
 #: Seed of peft's initial values (and a new head's): the same on every device.
@@ -64,6 +47,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def _strip_adapter_name(param_name: str) -> str:
     """Parameter name -> state-dict key: ``fc1.lora_A.default.weight`` -> ``fc1.lora_A.weight``."""
     return param_name.replace(f".{_ADAPTER_NAME}.", ".").removesuffix(f".{_ADAPTER_NAME}")
+
+
+@dataclass
+class TrainResult:
+    """What one local training round produced.
+
+    ``update`` is safetensors bytes holding exactly the shared parts (float32, contiguous) with
+    metadata ``rank``, ``lora_alpha``, ``use_rslora``, ``adapter_type``, ``n_samples`` and
+    ``parts``. ``private`` holds the trainable, non-shared, non-frozen tensors to keep on the
+    device (e.g. FedSA's B and head), on the CPU.
+    """
+
+    update: bytes
+    private: dict[str, torch.Tensor]
+    n_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class LoraTrainer:

@@ -173,7 +173,7 @@ def fit(
         for batch, _ in group:
             with _autocast(device, precision):
                 losses, weights, _ = _forward(model, _to(batch, device), task_type)
-            scaler.scale(losses.sum() / step_weight).backward()
+            torch.autograd.backward(scaler.scale(losses.sum() / step_weight))
             loss_sum += losses.detach().sum()
             weight_sum += weights.sum()
         if settings.max_grad_norm is not None:

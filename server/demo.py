@@ -106,7 +106,7 @@ class Evaluator:
         return mean, spread
 
     def _global(self, http: httpx.Client, job_id: str, number: int) -> float:
-        from client_sdk.trainer import decode_update
+        from client_sdk.wire_format import decode_update
 
         response = http.get(f"/api/v1/jobs/{job_id}/adapter", params={"round": number})
         response.raise_for_status()
@@ -114,7 +114,7 @@ class Evaluator:
         return self._evaluate(tensors, rank=self.r_max)
 
     def _evaluate(self, tensors: dict[str, Any], rank: int) -> float:
-        from client_sdk.trainer import AdapterConfig
+        from client_sdk.trainer_settings import AdapterConfig
 
         # The global adapter is stored scale-folded (dW = B'A'): load it at scale 1.
         adapter = AdapterConfig(rank, lora_alpha=float(rank))
@@ -151,7 +151,8 @@ def run_demo(
     bounds then rule; ``clients`` must match its enrolment); ``on_finished(http, job_id,
     clients_dir)`` runs after the last round while the coordinator still serves (benchmarks
     score the devices' own models there); ``max_ranks`` caps each device's rank."""
-    from client_sdk.simulate import run_simulation, task_job_spec
+    from client_sdk.simulate import run_simulation
+    from client_sdk.tasks.job_spec import task_job_spec
     from server.aggregation import AggregationError, strategy_class
 
     if data_dir is None:

@@ -66,7 +66,8 @@ class MLP(nn.Module):
         self.fc3 = nn.Linear(hidden, num_classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(inputs)))))
+        logits: torch.Tensor = self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(inputs)))))
+        return logits
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

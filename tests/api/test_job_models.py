@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM
 
 from client_sdk.model_spec import locate_model
-from client_sdk.trainer_parts import decode_update
+from client_sdk.wire_format import decode_update
 from tests.hf_models import tiny_gpt2, tiny_llama
 from tests.support import bearer, job_spec, operator, stats
 

@@ -10,8 +10,10 @@ import torch
 
 from client_sdk.device_data import read_training_data
 from client_sdk.model_spec import ModelSpec, locate_model
-from client_sdk.trainer import AdapterConfig, LoraTrainer, TrainSettings, decode_update
+from client_sdk.trainer import LoraTrainer
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 from client_sdk.training_loop import autocast_dtype, observe
+from client_sdk.wire_format import decode_update
 from tests.hf_models import tiny_llama, write_causal_lm_jsonl
 
 SETTINGS = TrainSettings(epochs=1, lr=5e-3, batch_size=8, optimizer="adamw", seed=3)

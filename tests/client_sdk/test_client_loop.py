@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client_sdk import LocalUpdate, RoundContext
 from client_sdk.api import ApiClient, RetryPolicy
 from client_sdk.client import Client
-from client_sdk.rounds import LocalUpdate, RoundContext
 from client_sdk.state import DeviceState
 
 SERVER = "http://coordinator.test"

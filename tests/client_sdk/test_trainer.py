@@ -10,14 +10,10 @@ import torch
 import client_sdk.trainer as trainer_module
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
-from client_sdk.trainer import (
-    AdapterConfig,
-    LoraTrainer,
-    TrainResult,
-    TrainSettings,
-    decode_update,
-)
+from client_sdk.trainer import LoraTrainer, TrainResult
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 from client_sdk.training_loop import resolve_device
+from client_sdk.wire_format import decode_update
 
 pytest.importorskip("peft")
 

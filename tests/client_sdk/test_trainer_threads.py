@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from client_sdk.tasks import get_task
-from client_sdk.trainer import AdapterConfig, LoraTrainer, TrainSettings
+from client_sdk.trainer import LoraTrainer
+from client_sdk.trainer_settings import AdapterConfig, TrainSettings
 
 pytest.importorskip("peft")
 

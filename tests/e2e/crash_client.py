@@ -17,12 +17,12 @@ import time
 
 from client_sdk.api import ApiClient
 from client_sdk.client import Client
+from client_sdk.lora_round import LoraRound
 from client_sdk.rounds import LocalUpdate, Progress, RoundContext
 from client_sdk.simulate import make_shards
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
 from client_sdk.trainer import LoraTrainer
-from client_sdk.training import LoraRound
 
 
 def main() -> int:

@@ -24,7 +24,9 @@ from client_sdk.client import Client
 from client_sdk.device_data import load_tokenizer, read_training_data
 from client_sdk.model_spec import ModelSpec, locate_model
 from client_sdk.models import build_base
-from client_sdk.trainer import AdapterConfig, LoraTrainer, decode_update
+from client_sdk.trainer import LoraTrainer
+from client_sdk.trainer_settings import AdapterConfig
+from client_sdk.wire_format import decode_update
 from tests.hf_models import tiny_gpt2, tiny_llama, write_causal_lm_jsonl
 from tests.live import LiveCoordinator, running_coordinator
 

@@ -26,12 +26,15 @@ import torch
 
 from client_sdk.client import Client
 from client_sdk.device_export import export_personalised
+from client_sdk.lora_round import LoraRound
 from client_sdk.rounds import LocalUpdate, Progress, RoundContext
-from client_sdk.simulate import make_shards, run_simulation, task_job_spec
+from client_sdk.simulate import make_shards, run_simulation
 from client_sdk.state import DeviceState
 from client_sdk.tasks import get_task
-from client_sdk.trainer import AdapterConfig, LoraTrainer, decode_update
-from client_sdk.training import LoraRound
+from client_sdk.tasks.job_spec import task_job_spec
+from client_sdk.trainer import LoraTrainer
+from client_sdk.trainer_settings import AdapterConfig
+from client_sdk.wire_format import decode_update
 from server.demo import Evaluator
 from tests.live import LiveCoordinator, running_coordinator, wait_until
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from client_sdk.simulate import run_simulation, task_job_spec
+from client_sdk.simulate import run_simulation
+from client_sdk.tasks.job_spec import task_job_spec
 from tests.live import LiveCoordinator, running_coordinator
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Adapter "parts": classifying peft state-dict keys, and the safetensors update format.
+"""Adapter "parts": classifying peft state-dict keys, checking tensors, the adapter layout.
 
 A part is what a federated strategy shares, keeps private or freezes: ``lora_A``, ``lora_B``,
 ``vera_lambda_d``, ``vera_lambda_b`` or ``extra`` (any other trainable tensor peft saves, such as
@@ -8,12 +8,10 @@ returns, without the adapter name, e.g. ``base_model.model.fc1.lora_A.weight``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load as st_load
 
 from client_sdk.trainer_settings import ADAPTER_TYPES
 
@@ -92,47 +90,6 @@ def check_tensors(
             raise ValueError(f"{label}: {key!r} contains NaN or infinite values")
 
 
-def encode_update(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Serialise tensors as safetensors bytes: float32, contiguous, little-endian, sorted keys.
-
-    Written by hand (the format is an 8-byte header length, a JSON header, then raw data)
-    because safetensors' own writer orders the metadata map differently from call to call:
-    identical tensors must give identical bytes, so a resent update has the same sha256.
-    float32 whatever the training dtype: the server accumulates in float32 anyway.
-    """
-    header: dict[str, object] = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}}
-    chunks: list[bytes] = []
-    offset = 0
-    for key in sorted(tensors):
-        array = tensors[key].detach().to("cpu", torch.float32).contiguous().numpy()
-        raw = array.astype("<f4", copy=False).tobytes()
-        header[key] = {
-            "dtype": "F32",
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the spec pads the header with spaces to 8-byte alignment
-    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
-
-
-def decode_update(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Parse safetensors bytes into (tensors, metadata); the inverse of :func:`encode_update`."""
-    return st_load(data), _read_metadata(data)
-
-
-def _read_metadata(data: bytes) -> dict[str, str]:
-    # safetensors.torch.load drops the metadata; the header is 8 bytes of little-endian length
-    # followed by JSON, documented in the safetensors format spec.
-    if len(data) < 8:
-        raise ValueError("not a safetensors payload: shorter than its 8-byte header length")
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    return dict(header.get("__metadata__", {}))
-
-
 @dataclass(frozen=True)
 class AdapterLayout:
     """The adapter's state-dict layout, rank-independent, as a coordinator's job spec needs it.
@@ -166,19 +123,3 @@ class AdapterLayout:
             "modules": {k: list(v) for k, v in self.modules.items()},
             "extra": {k: list(v) for k, v in self.extra.items()},
         }
-
-
-@dataclass
-class TrainResult:
-    """What one local training round produced.
-
-    ``update`` is safetensors bytes holding exactly the shared parts (float32, contiguous) with
-    metadata ``rank``, ``lora_alpha``, ``use_rslora``, ``adapter_type``, ``n_samples`` and
-    ``parts``. ``private`` holds the trainable, non-shared, non-frozen tensors to keep on the
-    device (e.g. FedSA's B and head), on the CPU.
-    """
-
-    update: bytes
-    private: dict[str, torch.Tensor]
-    n_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)

@@ -11,12 +11,9 @@ from __future__ import annotations
 from client_sdk.profile import ComplexityStats, profile
 from client_sdk.rounds import LocalUpdate, RoundContext
 from client_sdk.text_data import LocalDataset
-from client_sdk.trainer import (
-    LoraTrainer,
-    TrainSettings,
-    decode_update,
-    encode_update,
-)
+from client_sdk.trainer import LoraTrainer
+from client_sdk.trainer_settings import TrainSettings
+from client_sdk.wire_format import decode_update, encode_update
 
 
 class LoraRound:
