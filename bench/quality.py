@@ -149,7 +149,7 @@ def run_cell(cell: Cell) -> Outcome:
         task=cell.task, clients=cell.clients, alpha=cell.alpha, seed=cell.seed,
         spec=spec, out=lambda line: None, on_finished=scorer, max_ranks=cell.max_ranks,
     )  # fmt: skip
-    personalised = bool(get_strategy(cell.strategy).private_kinds)
+    personalised = bool(get_strategy(cell.strategy).private_parts)
     return Outcome(
         cell=asdict(cell),
         status=result.status,

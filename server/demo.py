@@ -80,7 +80,7 @@ class Evaluator:
         self.test = task.dataset(data.x_test, data.y_test)
         self.trainer = LoraTrainer(task.model_spec(), device="cpu")
         # Strategies that keep adapter parts on the devices (FedSA's B) have no global model.
-        self.personalised = bool(get_strategy(strategy).private_kinds)
+        self.personalised = bool(get_strategy(strategy).private_parts)
         self.r_max = r_max
 
     def baseline(self) -> float:

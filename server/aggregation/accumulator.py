@@ -109,7 +109,7 @@ class Accumulator:
             self._den[group] += value
 
     def _new_sum(self, info: Inspected) -> LayoutSum:
-        sums = LayoutSum(info.signature, info.kinds, info.rank)
+        sums = LayoutSum(info.signature, info.parts, info.rank)
         if self._sums and self._sums_numel + sums.numel > _SUMS_BUDGET * self._full_numel():
             self._drain()
         self._sums[info.signature] = sums
@@ -120,7 +120,7 @@ class Accumulator:
         """Elements of a rank-R upload of the current layout."""
         layout = self._checker.layout
         entries = layout.entries.values() if layout is not None else ()
-        return sum(math.prod(full_shape(kind, tail, self._rank)) for kind, tail in entries)
+        return sum(math.prod(full_shape(part, tail, self._rank)) for part, tail in entries)
 
     def _drain(self) -> None:
         """Add the per-layout sums into the rank-R numerators and free them."""
@@ -148,15 +148,15 @@ class Accumulator:
             return None
         entries = layout.entries.items()
         signature = Signature(
-            (key, torch.Size(full_shape(kind, tail, self._rank)), torch.float32)
-            for key, (kind, tail) in entries
+            (key, torch.Size(full_shape(part, tail, self._rank)), torch.float32)
+            for key, (part, tail) in entries
         )
-        return LayoutSum(signature, {key: kind for key, (kind, _) in entries}, self._rank)
+        return LayoutSum(signature, {key: part for key, (part, _) in entries}, self._rank)
 
-    def _numerator(self, key: str, kind: Part, shape: torch.Size) -> torch.Tensor:
+    def _numerator(self, key: str, part: Part, shape: torch.Size) -> torch.Tensor:
         num = self._num.get(key)
         if num is None:
-            num = torch.zeros(full_shape(kind, tail_shape(kind, tuple(shape)), self._rank))
+            num = torch.zeros(full_shape(part, tail_shape(part, tuple(shape)), self._rank))
             self._num[key] = num
         return num
 
@@ -274,10 +274,10 @@ class Accumulator:
     def _layout_from_numerators(self) -> Layout | None:
         entries = {}
         for key, num in self._num.items():
-            kind, _ = classify(key)
-            if not self.strategy.is_uploaded(kind):
+            part, _ = classify(key)
+            if not self.strategy.is_uploaded(part):
                 return None  # numerators are not uploaded tensors (FlexLoRA's dW)
-            entries[key] = (kind, tail_shape(kind, tuple(num.shape)))
+            entries[key] = (part, tail_shape(part, tuple(num.shape)))
         return Layout(entries=entries, source="the restored partial aggregate") if entries else None
 
     # ------------------------------------------------------------------ the result
@@ -291,8 +291,8 @@ class Accumulator:
         # Strategies share one divisor across keys (or modules): prepare each one once.
         prepared: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for key, num in self._num.items():
-            kind, module = classify(key)
-            dim = SLICE_DIM[kind]
+            part, module = classify(key)
+            dim = SLICE_DIM[part]
             if dim is None:
                 out[key] = num / float(self.total_samples)
                 continue

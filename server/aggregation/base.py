@@ -35,12 +35,12 @@ class Strategy:
     use_rslora: ClassVar[bool] = False
     adapter_type: ClassVar[Literal["lora", "vera"]] = "lora"
     shares_extra: ClassVar[bool] = True
-    #: adapter tensor kinds uploaded and averaged
-    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
-    #: adapter tensor kinds that never leave the device
-    private_kinds: ClassVar[tuple[Part, ...]] = ()
-    #: adapter tensor kinds a client receives from ``distribute``
-    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
+    #: adapter parts uploaded and averaged
+    shared_parts: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
+    #: adapter parts that never leave the device
+    private_parts: ClassVar[tuple[Part, ...]] = ()
+    #: adapter parts a client receives from ``distribute``
+    received_parts: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
     equal_ranks: ClassVar[bool] = False
     #: option name -> allowed values (None: any)
     option_values: ClassVar[dict[str, tuple[Any, ...] | None]] = {"uncovered": ("keep", "zero")}
@@ -58,18 +58,18 @@ class Strategy:
         return f"{type(self).__name__}(r_max={self.r_max!r}, uncovered={self.uncovered!r})"
 
     # ------------------------------------------------------------------ contracts
-    def is_uploaded(self, kind: Part) -> bool:
-        """Whether clients upload tensors of this kind."""
-        return kind in self.shared_kinds or (kind == "extra" and self.shares_extra)
+    def is_uploaded(self, part: Part) -> bool:
+        """Whether clients upload this part of the adapter."""
+        return part in self.shared_parts or (part == "extra" and self.shares_extra)
 
-    def is_private(self, kind: Part) -> bool:
-        """Whether tensors of this kind stay on the device (never uploaded nor received)."""
-        return kind in self.private_kinds or (kind == "extra" and not self.shares_extra)
+    def is_private(self, part: Part) -> bool:
+        """Whether this part stays on the device (never uploaded nor received)."""
+        return part in self.private_parts or (part == "extra" and not self.shares_extra)
 
     def describe_upload(self) -> str:
-        """Human-readable list of uploaded kinds, for error messages."""
+        """Human-readable list of uploaded parts, for error messages."""
         return ", ".join(
-            list(self.shared_kinds) + (["shared non-LoRA tensors"] if self.shares_extra else [])
+            list(self.shared_parts) + (["shared non-LoRA tensors"] if self.shares_extra else [])
         )
 
     def upload_spec(
@@ -79,7 +79,7 @@ class Strategy:
         extra: Mapping[str, tuple[int, ...]] = _EMPTY,
     ) -> dict[str, tuple[int, ...]]:
         """The exact key -> shape map a client of ``rank`` must upload."""
-        spec = self._spec(modules, self._check_rank(rank), self.shared_kinds)
+        spec = self._spec(modules, self._check_rank(rank), self.shared_parts)
         if self.shares_extra:
             spec.update({k: tuple(v) for k, v in extra.items()})
         return spec
@@ -91,13 +91,13 @@ class Strategy:
         extra: Mapping[str, tuple[int, ...]] = _EMPTY,
     ) -> dict[str, tuple[int, ...]]:
         """Key -> shape of what the client keeps on the device between rounds."""
-        spec = self._spec(modules, self._check_rank(rank), self.private_kinds)
+        spec = self._spec(modules, self._check_rank(rank), self.private_parts)
         if not self.shares_extra:
             spec.update({k: tuple(v) for k, v in extra.items()})
         return spec
 
     def _spec(
-        self, modules: Mapping[str, tuple[int, int]], rank: int, kinds: Iterable[Part]
+        self, modules: Mapping[str, tuple[int, int]], rank: int, parts: Iterable[Part]
     ) -> dict[str, tuple[int, ...]]:
         shapes: dict[Part, Any] = {
             "lora_A": lambda d_in, d_out: (rank, d_in),
@@ -106,9 +106,9 @@ class Strategy:
             "vera_lambda_b": lambda d_in, d_out: (d_out,),
         }
         return {
-            key_for(m, kind): shapes[kind](int(d_in), int(d_out))
+            key_for(m, part): shapes[part](int(d_in), int(d_out))
             for m, (d_in, d_out) in modules.items()
-            for kind in kinds
+            for part in parts
         }
 
     def _check_rank(self, rank: int) -> int:
@@ -127,8 +127,8 @@ class Strategy:
         extra: Mapping[str, tuple[int, ...]] = _EMPTY,
     ) -> Tensors:
         """The round-0 global adapter at rank ``rank`` (= R): full state, float32, seeded."""
-        kinds = ADAPTER_PARTS[self.adapter_type]
-        return initial_tensors(modules, kinds, rank=self._check_rank(rank), seed=seed, extra=extra)
+        parts = ADAPTER_PARTS[self.adapter_type]
+        return initial_tensors(modules, parts, rank=self._check_rank(rank), seed=seed, extra=extra)
 
     # ------------------------------------------------------------------ aggregation
     def accumulator(self, previous: Mapping[str, torch.Tensor] | None = None) -> Accumulator:
@@ -175,7 +175,7 @@ class Strategy:
             "vera_lambda_d": n * s,
             "extra": n,
         }
-        return {key: fold[kind] for key, kind in info.kinds.items()}, {}
+        return {key: fold[part] for key, part in info.parts.items()}, {}
 
     def divisor(self, acc: PartialSums, key: str, module: str) -> torch.Tensor:
         """Per-slice denominator (R,) for a rank-bearing key; 0 marks an uncovered slice.
@@ -199,7 +199,7 @@ class Strategy:
         self, global_adapter: Mapping[str, torch.Tensor], rank: int, scale: float
     ) -> Tensors:
         """The tensors a client of ``rank`` and ``scale`` receives: its first ``rank`` slices of
-        the received kinds, unfolded to its scale, plus shared extras; contiguous float32."""
+        the received parts, unfolded to its scale, plus shared extras; contiguous float32."""
         rank = self._check_rank(rank)
         if not math.isfinite(scale) or scale <= 0:
             raise AggregationError(f"scale must be a positive finite number, got {scale!r}")
@@ -209,16 +209,16 @@ class Strategy:
         unfold = {"lora_A": math.sqrt(scale), "lora_B": math.sqrt(scale), "vera_lambda_d": scale}
         out: Tensors = {}
         for key, tensor in global_adapter.items():
-            kind, _ = classify(key)
-            if kind == "extra":
+            part, _ = classify(key)
+            if part == "extra":
                 if self.shares_extra:
                     out[key] = tensor.to(torch.float32, copy=True).contiguous()
                 continue
-            if kind not in self.received_kinds:
+            if part not in self.received_parts:
                 continue
-            dim = SLICE_DIM[kind]
-            part = tensor.narrow(dim, 0, rank) if dim is not None else tensor
-            out[key] = (part.to(torch.float32) / unfold[kind]).contiguous()
+            dim = SLICE_DIM[part]
+            head = tensor.narrow(dim, 0, rank) if dim is not None else tensor
+            out[key] = (head.to(torch.float32) / unfold[part]).contiguous()
         return out
 
 

@@ -32,8 +32,8 @@ class FFA(Strategy):
 
     name: ClassVar[str] = "ffa"
     equal_ranks: ClassVar[bool] = True
-    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_B",)
-    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
+    shared_parts: ClassVar[tuple[Part, ...]] = ("lora_B",)
+    received_parts: ClassVar[tuple[Part, ...]] = ("lora_A", "lora_B")
 
 
 class ZeroPad(Strategy):
@@ -69,8 +69,8 @@ class HetLoRA(Strategy):
         s = float(update.scale)
         coeffs: dict[str, float] = {}
         den: dict[str, float] = {}
-        for key, kind in info.kinds.items():
-            if kind == "extra":
+        for key, part in info.parts.items():
+            if part == "extra":
                 coeffs[key] = float(update.num_samples)
                 continue
             _, module = classify(key)

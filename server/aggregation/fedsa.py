@@ -19,9 +19,9 @@ class FedSA(Strategy):
 
     name: ClassVar[str] = "fedsa"
     shares_extra: ClassVar[bool] = False
-    shared_kinds: ClassVar[tuple[Part, ...]] = ("lora_A",)
-    private_kinds: ClassVar[tuple[Part, ...]] = ("lora_B",)
-    received_kinds: ClassVar[tuple[Part, ...]] = ("lora_A",)
+    shared_parts: ClassVar[tuple[Part, ...]] = ("lora_A",)
+    private_parts: ClassVar[tuple[Part, ...]] = ("lora_B",)
+    received_parts: ClassVar[tuple[Part, ...]] = ("lora_A",)
 
 
 class FedSASharedHead(FedSA):
@@ -50,6 +50,6 @@ class FedSAVeRA(FedSA):
 
     name: ClassVar[str] = "fedsa-vera"
     adapter_type: ClassVar[Literal["lora", "vera"]] = "vera"
-    shared_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)
-    private_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_b",)
-    received_kinds: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)
+    shared_parts: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)
+    private_parts: ClassVar[tuple[Part, ...]] = ("vera_lambda_b",)
+    received_parts: ClassVar[tuple[Part, ...]] = ("vera_lambda_d",)

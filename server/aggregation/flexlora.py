@@ -31,11 +31,11 @@ class FlexLoRAAccumulator(Accumulator):
 
     def _fold(self, update: ClientUpdate, info: Inspected) -> None:
         n, s = float(update.num_samples), float(update.scale)
-        for key, kind in info.kinds.items():
+        for key, part in info.parts.items():
             tensor = update.tensors[key]
-            if kind == "extra":
+            if part == "extra":
                 self._dense(key, tuple(tensor.shape)).add_(tensor, alpha=n)
-            elif kind == "lora_A":
+            elif part == "lora_A":
                 module = classify(key)[1]
                 a = tensor.float()
                 b = update.tensors[key_for(module, "lora_B")].float()

@@ -14,13 +14,13 @@ _VERA_D_INITIAL = 0.1  # peft VeraConfig.d_initial
 
 def initial_tensors(
     modules: Mapping[str, tuple[int, int]],
-    kinds: Iterable[Part],
+    parts: Iterable[Part],
     *,
     rank: int,
     seed: int,
     extra: Mapping[str, tuple[int, ...]],
 ) -> dict[str, torch.Tensor]:
-    """Round-0 tensors of the given kinds for every module, plus the extras, in float32.
+    """Round-0 tensors of the given parts for every module, plus the extras, in float32.
 
     A is drawn like peft's default LoRA init (kaiming-uniform, a=sqrt(5), on an (r, d_in)
     weight) and B = 0, so dW = 0 at round 0. VeRA: lambda_d = 0.1, lambda_b = 0 (peft).
@@ -29,7 +29,7 @@ def initial_tensors(
     Modules and extras are drawn in sorted order so the result depends only on the seed.
     """
     gen = torch.Generator().manual_seed(seed)
-    wanted = set(kinds)
+    wanted = set(parts)
     out: dict[str, torch.Tensor] = {}
     for module in sorted(modules):
         d_in, d_out = modules[module]

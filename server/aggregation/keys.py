@@ -46,33 +46,33 @@ def part_of(key: str) -> Part:
     return classify(key)[0]
 
 
-def key_for(module: str, kind: Part) -> str:
-    """The peft key of part ``kind`` for ``module``."""
-    return module + SUFFIX[kind]
+def key_for(module: str, part: Part) -> str:
+    """The peft key of ``part`` for ``module``."""
+    return module + SUFFIX[part]
 
 
-def rank_of(kind: Part, shape: tuple[int, ...]) -> int | None:
-    """The rank carried by a tensor of this kind and shape (None if it carries none)."""
-    dim = SLICE_DIM[kind]
+def rank_of(part: Part, shape: tuple[int, ...]) -> int | None:
+    """The rank carried by a tensor of this part and shape (None if it carries none)."""
+    dim = SLICE_DIM[part]
     return None if dim is None else shape[dim]
 
 
-def tail_shape(kind: Part, shape: tuple[int, ...]) -> tuple[int, ...]:
+def tail_shape(part: Part, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape with the rank dimension removed: what must agree across clients."""
-    dim = SLICE_DIM[kind]
+    dim = SLICE_DIM[part]
     if dim is None:
         return tuple(shape)
     return tuple(s for i, s in enumerate(shape) if i != dim)
 
 
-def full_shape(kind: Part, tail: tuple[int, ...], rank: int) -> tuple[int, ...]:
+def full_shape(part: Part, tail: tuple[int, ...], rank: int) -> tuple[int, ...]:
     """Inverse of :func:`tail_shape` for a given rank."""
-    dim = SLICE_DIM[kind]
+    dim = SLICE_DIM[part]
     if dim is None:
         return tail
     return tail[:dim] + (rank,) + tail[dim:]
 
 
-def expected_ndim(kind: Part) -> int | None:
-    """Tensor rank a key of this kind must have (None: any)."""
-    return {"lora_A": 2, "lora_B": 2, "vera_lambda_d": 1, "vera_lambda_b": 1}.get(kind)
+def expected_ndim(part: Part) -> int | None:
+    """Tensor rank a key of this part must have (None: any)."""
+    return {"lora_A": 2, "lora_B": 2, "vera_lambda_d": 1, "vera_lambda_b": 1}.get(part)

@@ -20,9 +20,9 @@ from server.aggregation.keys import SLICE_DIM, Part, tail_shape
 from server.aggregation.packed import PackedTensors, Signature
 
 
-def weight_class(kind: Part) -> str:
-    """The fold-weight class of a tensor kind: A and B share ``"lora"``."""
-    return "lora" if kind in ("lora_A", "lora_B") else kind
+def weight_class(part: Part) -> str:
+    """The fold-weight class of an adapter part: A and B share ``"lora"``."""
+    return "lora" if part in ("lora_A", "lora_B") else part
 
 
 # (size, source strides, source offset, target strides, target offset) of one strided add
@@ -49,16 +49,16 @@ class LayoutSum:
     each layout afresh, so this set-up is paid every round.
     """
 
-    def __init__(self, signature: Signature, kinds: Mapping[str, Part], rank: int) -> None:
+    def __init__(self, signature: Signature, parts: Mapping[str, Part], rank: int) -> None:
         self.signature = signature
         self.rank = rank
-        self.kinds = kinds
+        self.parts = parts
         self._shapes = [(key, shape) for key, shape, _ in signature]
         self._cast = any(dtype != torch.float32 for *_, dtype in signature)
         self.numel = 0
         self._runs: list[tuple[str, int, int]] = []  # (weight class, start, stop), elements
         for key, shape in self._shapes:
-            cls, stop = weight_class(kinds[key]), self.numel + shape.numel()
+            cls, stop = weight_class(parts[key]), self.numel + shape.numel()
             if self._runs and self._runs[-1][0] == cls:
                 self._runs[-1] = (cls, self._runs[-1][1], stop)
             else:
@@ -87,7 +87,7 @@ class LayoutSum:
     def _classes(self) -> dict[str, tuple[list[str], list[torch.Tensor]]]:
         classes: dict[str, tuple[list[str], list[torch.Tensor]]] = {}
         for key, view in self.views.items():
-            keys, views = classes.setdefault(weight_class(self.kinds[key]), ([], []))
+            keys, views = classes.setdefault(weight_class(self.parts[key]), ([], []))
             keys.append(key)
             views.append(view)
         return classes
@@ -125,12 +125,12 @@ class LayoutSum:
             torch._foreach_add_(dst, src, alpha=alpha)
 
     def drain_into(self, numerator: Callable[[str, Part, torch.Size], torch.Tensor]) -> None:
-        """Add every key's sum into its first ``rank`` slices of ``numerator(key, kind, shape)``."""
+        """Add every key's sum into its first ``rank`` slices of ``numerator(key, part, shape)``."""
         dsts = []
         for key, view in self.views.items():
-            kind = self.kinds[key]
-            num = numerator(key, kind, view.shape)
-            dim = SLICE_DIM[kind]
+            part = self.parts[key]
+            num = numerator(key, part, view.shape)
+            dim = SLICE_DIM[part]
             dsts.append(num if dim is None else num.narrow(dim, 0, self.rank))
         torch._foreach_add_(dsts, list(self.views.values()))
 
@@ -175,8 +175,8 @@ def _drain_plan(src: LayoutSum, dst: LayoutSum) -> list[Run] | None:
         if key not in placed:
             return None
         dst_shape, dst_strides, dst_offset = placed[key]
-        kind = src.kinds[key]
-        if len(dst_shape) != len(shape) or tail_shape(kind, shape) != tail_shape(kind, dst_shape):
+        part = src.parts[key]
+        if len(dst_shape) != len(shape) or tail_shape(part, shape) != tail_shape(part, dst_shape):
             return None
         size = tuple(shape)
         run = latest.get((size, dst_strides))

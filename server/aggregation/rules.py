@@ -25,7 +25,7 @@ Tensors = dict[str, torch.Tensor]
 class Inspected:
     """What a structurally valid update contains (``signature``: its keys, shapes, dtypes).
 
-    ``entries`` is its layout (key -> (kind, shape without the rank dimension)) and
+    ``entries`` is its layout (key -> (part, shape without the rank dimension)) and
     ``rank_key`` the first tensor that carries its rank, for error messages.
     """
 
@@ -35,9 +35,9 @@ class Inspected:
     signature: Signature = Signature(())
 
     @functools.cached_property
-    def kinds(self) -> dict[str, Part]:
-        """Key -> kind, in upload order."""
-        return {key: kind for key, (kind, _) in self.entries.items()}
+    def parts(self) -> dict[str, Part]:
+        """Key -> part, in upload order."""
+        return {key: part for key, (part, _) in self.entries.items()}
 
 
 class PartialSums(Protocol):
@@ -75,16 +75,16 @@ class StrategyRules(Protocol):
         """What a slice no client has becomes: "keep" (its previous value) or "zero"."""
         ...
 
-    def is_uploaded(self, kind: Part) -> bool:
-        """Whether clients upload tensors of this kind."""
+    def is_uploaded(self, part: Part) -> bool:
+        """Whether clients upload this part of the adapter."""
         ...
 
-    def is_private(self, kind: Part) -> bool:
-        """Whether tensors of this kind stay on the device."""
+    def is_private(self, part: Part) -> bool:
+        """Whether this part stays on the device."""
         ...
 
     def describe_upload(self) -> str:
-        """The uploaded kinds in words, for error messages."""
+        """The uploaded parts in words, for error messages."""
         ...
 
     def fold_weights(self, update: ClientUpdate) -> dict[str, float] | None:

@@ -24,7 +24,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @dataclass
 class Layout:
-    """Expected uploaded keys: key -> (kind, shape without the rank dimension)."""
+    """Expected uploaded keys: key -> (part, shape without the rank dimension)."""
 
     entries: dict[str, tuple[Part, tuple[int, ...]]] = field(default_factory=dict)
     source: str = "the first update"
@@ -76,8 +76,8 @@ def previous_rank(previous: Mapping[str, torch.Tensor]) -> int | None:
     """Rank R of a global adapter (None if it has no rank-bearing tensor)."""
     ranks = set()
     for key, tensor in previous.items():
-        kind, _ = classify(key)
-        r = rank_of(kind, tuple(tensor.shape))
+        part, _ = classify(key)
+        r = rank_of(part, tuple(tensor.shape))
         if r is not None:
             ranks.add(r)
     if len(ranks) > 1:
@@ -89,9 +89,9 @@ def layout_from_previous(strategy: StrategyRules, previous: Mapping[str, torch.T
     """The upload layout implied by a global adapter (only the keys clients upload)."""
     layout = Layout(source="the previous global adapter")
     for key, tensor in previous.items():
-        kind, _ = classify(key)
-        if strategy.is_uploaded(kind):
-            layout.entries[key] = (kind, tail_shape(kind, tuple(tensor.shape)))
+        part, _ = classify(key)
+        if strategy.is_uploaded(part):
+            layout.entries[key] = (part, tail_shape(part, tuple(tensor.shape)))
     return layout
 
 
@@ -158,7 +158,7 @@ class BatchChecker:
                     client_id=who,
                     tensor=key,
                 )
-        for key, (_kind, tail) in mine.items():
+        for key, (_part, tail) in mine.items():
             if key not in expected:
                 raise AggregationError(
                     f"unexpected key, not in {self.layout.source}", client_id=who, tensor=key
@@ -188,13 +188,13 @@ class BatchChecker:
 def inspect_structure(strategy: StrategyRules, update: ClientUpdate) -> Inspected:
     """Keys, dtypes, dimensions, the one rank and the A/B pairs of an update (not its layout)."""
     who = update.client_id
-    kinds: dict[str, Part] = {}
+    parts: dict[str, Part] = {}
     ranks: dict[int, str] = {}
     for key, tensor in update.tensors.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
             raise AggregationError("keys must be str and values torch.Tensor", client_id=who)
-        kind, _ = classify(key)
-        if not strategy.is_uploaded(kind):
+        part, _ = classify(key)
+        if not strategy.is_uploaded(part):
             raise AggregationError(
                 f"must not be uploaded under strategy {strategy.name!r} "
                 f"(clients upload only: {strategy.describe_upload()})",
@@ -208,17 +208,17 @@ def inspect_structure(strategy: StrategyRules, update: ClientUpdate) -> Inspecte
                 client_id=who,
                 tensor=key,
             )
-        ndim = expected_ndim(kind)
+        ndim = expected_ndim(part)
         if ndim is not None and tensor.ndim != ndim:
             raise AggregationError(
                 f"expected a {ndim}-D tensor, got shape {tuple(tensor.shape)}",
                 client_id=who,
                 tensor=key,
             )
-        r = rank_of(kind, tuple(tensor.shape))
+        r = rank_of(part, tuple(tensor.shape))
         if r is not None:
             ranks.setdefault(r, key)
-        kinds[key] = kind
+        parts[key] = part
     if len(ranks) > 1:
         detail = ", ".join(f"{k!r} has rank {r}" for r, k in ranks.items())
         raise AggregationError(f"one rank per client expected, but {detail}", client_id=who)
@@ -230,24 +230,24 @@ def inspect_structure(strategy: StrategyRules, update: ClientUpdate) -> Inspecte
     rank, rank_key = next(iter(ranks.items()))
     if rank < 1:
         raise AggregationError("rank 0 tensors are not allowed", client_id=who, tensor=rank_key)
-    _check_pairs(strategy, update, kinds)
+    _check_pairs(strategy, update, parts)
     entries = {
-        k: (kind, tail_shape(kind, tuple(update.tensors[k].shape))) for k, kind in kinds.items()
+        k: (part, tail_shape(part, tuple(update.tensors[k].shape))) for k, part in parts.items()
     }
     return Inspected(rank=rank, entries=entries, rank_key=rank_key)
 
 
-def _check_pairs(strategy: StrategyRules, update: ClientUpdate, kinds: dict[str, Part]) -> None:
+def _check_pairs(strategy: StrategyRules, update: ClientUpdate, parts: dict[str, Part]) -> None:
     # A lone A (or B) cannot be averaged meaningfully when the strategy shares both.
     if not (strategy.is_uploaded("lora_A") and strategy.is_uploaded("lora_B")):
         return
-    for key, kind in kinds.items():
-        if kind in ("lora_A", "lora_B"):
-            other = "lora_B" if kind == "lora_A" else "lora_A"
-            partner = key.replace(f".{kind}.weight", f".{other}.weight")
-            if partner not in kinds:
+    for key, part in parts.items():
+        if part in ("lora_A", "lora_B"):
+            other = "lora_B" if part == "lora_A" else "lora_A"
+            partner = key.replace(f".{part}.weight", f".{other}.weight")
+            if partner not in parts:
                 raise AggregationError(
-                    f"has {kind} but the matching {partner!r} is missing",
+                    f"has {part} but the matching {partner!r} is missing",
                     client_id=update.client_id,
                     tensor=key,
                 )

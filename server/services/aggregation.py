@@ -18,7 +18,6 @@ import logging
 import uuid
 from datetime import datetime
 
-from safetensors import SafetensorError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,7 +47,7 @@ from server.storage import partial_key
 log = logging.getLogger(__name__)
 
 # Bad data or a bad spec, not a bad worker: the round fails with the reason, never retried.
-FAILURES = (AggregationError, SafetensorError, NotFound, OSError, ValueError)
+FAILURES = (AggregationError, NotFound, OSError, ValueError)
 
 
 def aggregate_round(rt: Runtime, round_id: uuid.UUID, *, attempt: str | None = None) -> None:

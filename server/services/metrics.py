@@ -64,14 +64,14 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def download_bytes(job: Job, rank: int) -> int:
-    """Float32 payload a client of ``rank`` downloads: the kinds it receives, plus extras."""
+    """Float32 payload a client of ``rank`` downloads: the parts it receives, plus extras."""
     strategy = strategy_for(job)
     spec = spec_of(job)
     numel = 0
     for d_in, d_out in modules_of(spec).values():
-        for kind in strategy.received_kinds:
+        for part in strategy.received_parts:
             numel += {"lora_A": rank * d_in, "lora_B": d_out * rank, "vera_lambda_d": rank}.get(
-                kind, d_out
+                part, d_out
             )
     if strategy.shares_extra:
         numel += sum(math.prod(shape) for shape in extra_of(spec).values())

@@ -143,7 +143,7 @@ def test_a_packed_update_with_nan_is_refused_naming_the_tensor() -> None:
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_strided_drain_puts_each_sum_where_the_per_key_drain_does(data: st.DataObject) -> None:
-    """Any key order on either side, interleaved kinds and extras, any r <= R."""
+    """Any key order on either side, interleaved parts and extras, any r <= R."""
     mods = {
         f"m{i}": (data.draw(st.sampled_from([3, 5])), data.draw(st.sampled_from([2, 4])))
         for i in range(4)
@@ -155,12 +155,12 @@ def test_strided_drain_puts_each_sum_where_the_per_key_drain_does(data: st.DataO
         k: expected.as_strided(v.shape, v.stride(), v.storage_offset())
         for k, v in dst.views.items()
     }
-    src.drain_into(lambda key, kind, shape: views[key])
+    src.drain_into(lambda key, part, shape: views[key])
     assert src.drain_into_sum(dst)
     assert torch.equal(dst.buffer, expected)
 
 
-def test_strided_drain_of_a_uniform_adapter_is_one_add_per_kind() -> None:
+def test_strided_drain_of_a_uniform_adapter_is_one_add_per_part() -> None:
     mods = {f"layers.{i}.proj": (16, 16) for i in range(6)}
     for strategy, adds in ((get_strategy("rbla"), 2), (get_strategy("fedsa"), 1)):
         plan = _drain_plan(layout(mods, 4, strategy), layout(mods, 8, strategy))
