@@ -137,14 +137,6 @@ def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
 CurrentClient = Annotated[Client, Depends(get_current_client)]
 
 
-def authenticate_known(runtime: Runtime, known: KnownClients, token: str) -> KnownClient:
-    """The client holding ``token``, authenticated in a short read-only transaction and kept
-    in ``known`` (call on a request thread; ``known.get`` first answers without one)."""
-    with read_scope(runtime.sessions) as session:
-        client = authenticate_client(session, token)
-    return known.remember(token, client)
-
-
 def mark_seen_now(runtime: Runtime, client: Client | KnownClient) -> None:
     """Refresh the client's last-seen time if it is older than ``FLAAS_LAST_SEEN_INTERVAL_S``:
     a write transaction at most once per interval, none otherwise."""

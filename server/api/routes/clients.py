@@ -18,6 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from server import errors
@@ -27,17 +28,17 @@ from server.api.deps import (
     KnownClientsDep,
     RuntimeDep,
     WaitersDep,
-    authenticate_known,
     mark_seen_now,
+    read_as_client,
 )
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
-from server.db.models import utcnow
+from server.db.models import Client, utcnow
 from server.db.session import read_scope, session_scope
 from server.notify import Waiters
 from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, TrainTask, WaitTask
 from server.services import adapters, client_tasks, enrolment
 from server.services.enrolment import seen_is_stale
-from server.services.known_clients import KnownClient
+from server.services.known_clients import KnownClient, KnownClients
 from server.services.runtime import Runtime
 
 router = APIRouter(
@@ -136,12 +137,26 @@ WAIT_DESCRIPTION = (
 )
 
 
+def _own_view(session: Session, client: Client | KnownClient) -> ClientTask:
+    """The client's task from a read of its own assignment."""
+    return client_tasks.task_of(
+        client_tasks.read_view(session, client.job_id, client.id), client.id
+    )
+
+
 def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
-    """The client's task from a read of its own assignment (one short read-only transaction)."""
+    """The client's own task, in one short read-only transaction."""
     with read_scope(runtime.sessions) as session:
-        return client_tasks.task_of(
-            client_tasks.read_view(session, client.job_id, client.id), client.id
-        )
+        return _own_view(session, client)
+
+
+def _first_task(
+    runtime: Runtime, known: KnownClients, token: str
+) -> tuple[KnownClient, ClientTask]:
+    """A credential this process has not authenticated yet: the client and its own task in one
+    read-only transaction, and the client kept in ``known``."""
+    client, task = read_as_client(runtime, token, _own_view)
+    return known.remember(token, client), task
 
 
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
@@ -179,12 +194,14 @@ async def my_task(
     seconds = min(wait, runtime.settings.task_wait_max_s)
     # Taken before the read: an announcement during the read is seen by the wait below.
     since = waiters.mark()
-    client = known.get(token)
-    if client is None:
-        client = await run_in_threadpool(authenticate_known, runtime, known, token)
-    if seen_is_stale(client, utcnow(), runtime.settings.last_seen_interval_s):
-        await run_in_threadpool(mark_seen_now, runtime, client)
-    task = await _task(runtime, waiters, client)
+    seen = known.get(token)
+    if seen is None:
+        client, task = await run_in_threadpool(_first_task, runtime, known, token)
+    else:
+        client = seen
+        if seen_is_stale(client, utcnow(), runtime.settings.last_seen_interval_s):
+            await run_in_threadpool(mark_seen_now, runtime, client)
+        task = await _task(runtime, waiters, client)
     if seconds <= 0 or not isinstance(task, WaitTask):
         return task
     deadline = time.monotonic() + seconds
