@@ -35,7 +35,7 @@ from server.db.models import Client, ClientUpdate
 from server.db.session import read_scope, session_scope
 from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
 from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
-from server.schemas.api import UpdateOut
+from server.schemas.api import TrainAssignment, TrainTask, UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
 from server.services.runtime import Runtime
@@ -46,6 +46,17 @@ router = APIRouter(
 )
 
 CHUNK_WRITE_BYTES = 1 << 20
+
+
+def train_task(assignment: TrainAssignment) -> TrainTask:
+    """The train answer to a client: its assignment, with this router's paths to download the
+    round's adapter and upload the update."""
+    round_id = str(assignment.round_id)
+    return TrainTask(
+        **dict(assignment),
+        adapter_url=str(router.url_path_for("download_adapter", round_id=round_id)),
+        upload_url=str(router.url_path_for("upload_update", round_id=round_id)),
+    )
 
 
 @router.get(
