@@ -22,13 +22,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
-from server.dashboard.auth import COOKIE_NAME as SESSION_COOKIE
-from server.dashboard.auth import session_is_valid
 from server.db.models import Client, utcnow
 from server.db.session import read_scope, session_scope
 from server.errors import DomainError, Unauthorized
 from server.notify import Waiters
-from server.security import bearer_token_of, matches_any
+from server.security import SESSION_COOKIE, bearer_token_of, matches_any, session_is_valid
 from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
 from server.services.known_clients import KnownClient, KnownClients

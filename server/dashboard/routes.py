@@ -18,8 +18,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from server.api.deps import RuntimeDep
-from server.dashboard.auth import COOKIE_NAME, SESSION_SECONDS, issue_session, session_is_valid
-from server.security import matches_any
+from server.security import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    issue_session,
+    matches_any,
+    session_is_valid,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIX = "/dashboard"
@@ -52,7 +57,7 @@ def _login_page(target: str, error: str = "", status_code: int = 200) -> HTMLRes
 
 
 def _logged_in(request: Request, runtime: RuntimeDep) -> bool:
-    return session_is_valid(request.cookies.get(COOKIE_NAME), runtime.settings.operator_keys)
+    return session_is_valid(request.cookies.get(SESSION_COOKIE), runtime.settings.operator_keys)
 
 
 @router.get("/login")
@@ -76,7 +81,7 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
         return _login_page(target, "That operator key is not valid.", status_code=401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
-        COOKIE_NAME,
+        SESSION_COOKIE,
         issue_session(key),
         max_age=SESSION_SECONDS,
         path="/",
@@ -90,7 +95,7 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
 @router.post("/logout")
 def logout() -> Response:
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 

@@ -168,7 +168,10 @@ class WaitTask(BaseModel):
     reason: str
 
 
-class TrainTask(BaseModel):
+class TrainAssignment(BaseModel):
+    """What a sampled client trains in its round (``services.client_tasks``); the API answers
+    it as a ``TrainTask``, which adds where to download the adapter and upload the update."""
+
     action: Literal["train"] = "train"
     job_id: uuid.UUID
     round_id: uuid.UUID
@@ -186,6 +189,9 @@ class TrainTask(BaseModel):
         description="The job's model (null when the job's modules were written by hand)."
     )
     seed: int
+
+
+class TrainTask(TrainAssignment):
     adapter_url: str
     upload_url: str
 

@@ -1,4 +1,5 @@
-"""What a client should do now: wait, train (with everything it needs), or stop."""
+"""What a client should do now: wait, train (with everything it needs but the URLs, which the
+API adds), or stop."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from server.db.models import (
     UpdateStatus,
     utcnow,
 )
-from server.schemas.api import ClientTask, FinishedTask, TrainTask, WaitTask
+from server.schemas.api import FinishedTask, TrainAssignment, WaitTask
 from server.services.strategies import client_alpha, parts, spec_of, strategy_for
+
+Task = WaitTask | TrainAssignment | FinishedTask
 
 ENROLMENT_POLL_S = 2.0
 ROUND_POLL_S = 1.0
@@ -85,7 +88,7 @@ def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) 
     return JobView(job, rnd, assignments, enrolment)
 
 
-def task_of(view: JobView, client_id: uuid.UUID) -> ClientTask:
+def task_of(view: JobView, client_id: uuid.UUID) -> Task:
     """What the client should do now, by the view."""
     job, rnd = view.job, view.round
     if JobStatus(job.status).ended:
@@ -105,7 +108,7 @@ def task_of(view: JobView, client_id: uuid.UUID) -> ClientTask:
     spec = spec_of(job)
     strategy = strategy_for(job)
     shared, frozen = parts(job, rank)
-    return TrainTask(
+    return TrainAssignment(
         job_id=job.id,
         round_id=rnd.id,
         round_number=rnd.number,
@@ -120,6 +123,4 @@ def task_of(view: JobView, client_id: uuid.UUID) -> ClientTask:
         training=spec.training,
         model=spec.model,
         seed=job.seed,
-        adapter_url=f"/api/v1/rounds/{rnd.id}/adapter",
-        upload_url=f"/api/v1/rounds/{rnd.id}/update",
     )

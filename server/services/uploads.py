@@ -1,12 +1,15 @@
-"""Client updates: checks before the body is read, validation, and acceptance.
+"""Client updates: checks before the body is read, the size cap while it streams in,
+validation, and acceptance.
 
 An upload counts only after the whole file passed ``validate_adapter`` and the round
 was still open when its row changed to ``accepted``. Accepted updates are immutable:
-an identical retry is answered 200, a different body 409, a late one 410.
+an identical retry is answered 200 (without reading its body when its declared SHA-256 is
+the accepted one's), a different body 409, a late one 410.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -17,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.config import Settings
 from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
 from server.db.session import after_commit
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
@@ -87,6 +91,58 @@ def _update_of(session: Session, rnd: Round, client_id: uuid.UUID) -> ClientUpda
 def _require_open(rnd: Round, update: ClientUpdate) -> None:
     if rnd.status != RoundStatus.OPEN or update.status == UpdateStatus.MISSED:
         raise Gone(f"round {rnd.number} is {rnd.status}; it no longer accepts updates")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What the client's headers declare about its upload, checked before the body is read."""
+
+    n_samples: int
+    metrics: dict[str, float]
+    identical_retry: bool  # its SHA-256 is the accepted update's: answered without the body
+
+
+def declare(
+    target: UploadTarget,
+    settings: Settings,
+    *,
+    num_samples: str | None,
+    metrics: str | None,
+    content_length: str | None,
+    content_sha256: str | None,
+) -> Declaration:
+    """Check the upload's headers (Flaas-Num-Samples, Flaas-Metrics, a Content-Length over
+    ``FLAAS_MAX_UPLOAD_BYTES``), and say whether it retries the accepted update."""
+    n_samples = parse_n_samples(num_samples)
+    parsed = parse_metrics(metrics, settings.max_metrics_bytes)
+    if content_length is not None and content_length.isdigit():
+        _refuse_over(int(content_length), settings.max_upload_bytes)
+    retry = target.accepted_sha256 is not None and target.accepted_sha256 == content_sha256
+    return Declaration(n_samples, parsed, retry)
+
+
+class UploadBody:
+    """An upload's body as it streams in: its size, held to ``FLAAS_MAX_UPLOAD_BYTES``
+    (``take`` refuses the chunk that crosses it), and its SHA-256."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limit = settings.max_upload_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def take(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        _refuse_over(self.size, self.limit)
+        self._digest.update(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _refuse_over(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"the update is larger than the {limit}-byte limit")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.dashboard.auth import COOKIE_NAME, issue_session, session_is_valid
 from server.observability import prometheus as m
+from server.security import SESSION_COOKIE, issue_session, session_is_valid
 from tests.api.conftest import RunningJob
 from tests.support import OPERATOR_KEY, adapter_bytes, bearer, operator
 
@@ -180,7 +180,7 @@ def test_the_session_cookie_never_fails_and_never_lets_a_forgery_in(
 
 
 def test_an_issued_session_cookie_still_works(api: TestClient) -> None:
-    api.cookies.set(COOKIE_NAME, issue_session(OPERATOR_KEY))
+    api.cookies.set(SESSION_COOKIE, issue_session(OPERATOR_KEY))
     try:
         assert api.get("/api/v1/jobs").status_code == 200
     finally:

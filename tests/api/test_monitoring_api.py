@@ -8,7 +8,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from server.dashboard.auth import COOKIE_NAME, issue_session
+from server.security import SESSION_COOKIE, issue_session
 from tests.api.conftest import RunningJob
 from tests.live import wait_until
 from tests.support import OPERATOR_KEY, adapter_bytes, operator
@@ -93,11 +93,11 @@ def test_dashboard_login_sets_a_cookie_the_api_accepts(
     assert ok.status_code == 303 and ok.headers["location"] == "/dashboard/jobs"
     cookie = ok.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
-    token = ok.cookies[COOKIE_NAME]
+    token = ok.cookies[SESSION_COOKIE]
 
     def status_with(cookie: str, path: str = "/api/v1/jobs", **kwargs: object) -> int:
         api.cookies.clear()
-        api.cookies.set(COOKIE_NAME, cookie)
+        api.cookies.set(SESSION_COOKIE, cookie)
         return api.get(path, **kwargs).status_code  # type: ignore[arg-type]
 
     assert status_with(token) == 200
@@ -115,7 +115,7 @@ def test_dashboard_login_sets_a_cookie_the_api_accepts(
         "..",
     ):
         api.cookies.clear()
-        raw = {"Cookie": f"{COOKIE_NAME}={bad}".encode()}  # bytes: httpx sends them as they are
+        raw = {"Cookie": f"{SESSION_COOKIE}={bad}".encode()}  # bytes: httpx sends them as they are
         assert api.get("/api/v1/jobs", headers=raw).status_code == 401, bad[:40]
         page = api.get("/dashboard/jobs", headers=raw, follow_redirects=False)
         assert page.status_code == 303, bad[:40]

@@ -1,5 +1,6 @@
 """Client updates (``services.uploads``): acceptance counting toward the round, the refusals of
-an upload that can no longer count, and the Flaas-Metrics header."""
+an upload that can no longer count, the checks of its headers and the size cap, and the
+Flaas-Metrics header."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from sqlalchemy import select
 
 from server.db.models import Client, ClientUpdate, Round, RoundStatus, UpdateStatus, utcnow
 from server.db.session import session_scope
-from server.errors import Conflict, Gone, InvalidRequest
+from server.errors import Conflict, Gone, InvalidRequest, PayloadTooLarge
 from server.services import rounds
 from server.services.uploads import (
     ReceivedUpdate,
+    UploadBody,
     UploadTarget,
     accept_update,
+    declare,
     parse_metrics,
     prepare_upload,
 )
@@ -116,3 +119,59 @@ def test_metrics_header_with_huge_numbers_or_deep_nesting_is_422() -> None:
     ):
         with pytest.raises(InvalidRequest):
             parse_metrics(raw, 4096)
+
+
+def _declare(
+    recording: RecordingRuntime,
+    target: UploadTarget,
+    content_length: str | None = None,
+    content_sha256: str | None = None,
+) -> bool:
+    declared = declare(
+        target,
+        recording.runtime.settings,
+        num_samples="10",
+        metrics='{"loss": 0.5}',
+        content_length=content_length,
+        content_sha256=content_sha256,
+    )
+    assert (declared.n_samples, declared.metrics) == (10, {"loss": 0.5})
+    return declared.identical_retry
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_the_body(
+    recording: RecordingRuntime,
+) -> None:
+    _, targets = _targets(recording)
+    cap = recording.runtime.settings.max_upload_bytes
+    assert _declare(recording, targets[0], content_length=str(cap)) is False
+    assert _declare(recording, targets[0], content_length="not a number") is False
+    with pytest.raises(PayloadTooLarge, match=f"larger than the {cap}-byte limit"):
+        _declare(recording, targets[0], content_length=str(cap + 1))
+
+
+def test_only_the_accepted_updates_sha256_is_an_identical_retry(
+    recording: RecordingRuntime, tmp_path: Path
+) -> None:
+    round_id, targets = _targets(recording)
+    update, _ = _upload(recording, targets[0], tmp_path)
+    with session_scope(recording.runtime.sessions) as session:
+        client = session.get_one(Client, targets[0].client_id)
+        accepted = prepare_upload(session, client, round_id)
+    assert _declare(recording, accepted, content_sha256=update.sha256) is True
+    assert _declare(recording, accepted, content_sha256="0" * 64) is False
+    assert _declare(recording, accepted) is False
+    assert _declare(recording, targets[1], content_sha256=update.sha256) is False
+
+
+def test_the_body_is_refused_at_the_chunk_that_crosses_the_cap(
+    recording: RecordingRuntime,
+) -> None:
+    cap = 4096
+    body = UploadBody(recording.runtime.settings.model_copy(update={"max_upload_bytes": cap}))
+    body.take(b"a" * (cap - 1))
+    body.take(b"b")
+    assert body.size == cap
+    assert body.sha256 == hashlib.sha256(b"a" * (cap - 1) + b"b").hexdigest()
+    with pytest.raises(PayloadTooLarge, match=f"larger than the {cap}-byte limit"):
+        body.take(b"c")

@@ -32,10 +32,19 @@ from server.api.deps import (
     read_as_client,
 )
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
+from server.api.routes.rounds import train_task
 from server.db.models import Client, utcnow
 from server.db.session import read_scope, session_scope
 from server.notify import Waiters
-from server.schemas.api import ClientTask, Enrolled, EnrolRequest, JobModel, TrainTask, WaitTask
+from server.schemas.api import (
+    ClientTask,
+    Enrolled,
+    EnrolRequest,
+    FinishedTask,
+    JobModel,
+    TrainAssignment,
+    WaitTask,
+)
 from server.services import adapters, client_tasks, enrolment
 from server.services.enrolment import seen_is_stale
 from server.services.known_clients import KnownClient, KnownClients
@@ -139,9 +148,9 @@ WAIT_DESCRIPTION = (
 
 def _own_view(session: Session, client: Client | KnownClient) -> ClientTask:
     """The client's task from a read of its own assignment."""
-    return client_tasks.task_of(
-        client_tasks.read_view(session, client.job_id, client.id), client.id
-    )
+    view = client_tasks.read_view(session, client.job_id, client.id)
+    task = client_tasks.task_of(view, client.id)
+    return train_task(task) if isinstance(task, TrainAssignment) else task
 
 
 def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
@@ -174,9 +183,9 @@ async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> Clie
     """
     view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
     task = client_tasks.task_of(view, client.id)
-    if isinstance(task, TrainTask) or view.enrolment is not None:
-        return await run_in_threadpool(_own_task, runtime, client)
-    return task
+    if isinstance(task, WaitTask | FinishedTask) and view.enrolment is None:
+        return task
+    return await run_in_threadpool(_own_task, runtime, client)
 
 
 @router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))

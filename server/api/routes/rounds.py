@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -36,7 +35,7 @@ from server.db.models import Client, ClientUpdate
 from server.db.session import read_scope, session_scope
 from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
 from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
-from server.schemas.api import UpdateOut
+from server.schemas.api import TrainAssignment, TrainTask, UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
 from server.services.runtime import Runtime
@@ -47,6 +46,17 @@ router = APIRouter(
 )
 
 CHUNK_WRITE_BYTES = 1 << 20
+
+
+def train_task(assignment: TrainAssignment) -> TrainTask:
+    """The train answer to a client: its assignment, with this router's paths to download the
+    round's adapter and upload the update."""
+    round_id = str(assignment.round_id)
+    return TrainTask(
+        **dict(assignment),
+        adapter_url=str(router.url_path_for("download_adapter", round_id=round_id)),
+        upload_url=str(router.url_path_for("upload_update", round_id=round_id)),
+    )
 
 
 @router.get(
@@ -169,19 +179,19 @@ async def _upload(
 ) -> Response:
     started = time.perf_counter()
     settings = runtime.settings
-    n_samples = uploads.parse_n_samples(flaas_num_samples)
-    metrics = uploads.parse_metrics(flaas_metrics, settings.max_metrics_bytes)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the update is larger than the {settings.max_upload_bytes}-byte limit"
-        )
-    if target.accepted_sha256 is not None and target.accepted_sha256 == flaas_content_sha256:
+    declared = uploads.declare(
+        target,
+        settings,
+        num_samples=flaas_num_samples,
+        metrics=flaas_metrics,
+        content_length=request.headers.get("content-length"),
+        content_sha256=flaas_content_sha256,
+    )
+    if declared.identical_retry:
         return await run_in_threadpool(_retry_answer, runtime, target)
     with runtime.store.staging_file() as staged:
-        sha256, size = await _receive(
-            request, staged, settings.max_upload_bytes, settings.upload_idle_timeout_s
-        )
+        body = uploads.UploadBody(settings)
+        await _receive(request, staged, body, settings.upload_idle_timeout_s)
         try:
             await run_in_threadpool(
                 validate_adapter,
@@ -194,25 +204,23 @@ async def _upload(
             raise
         received = uploads.ReceivedUpdate(
             staged=staged,
-            sha256=sha256,
-            size_bytes=size,
-            n_samples=n_samples,
-            metrics=metrics,
+            sha256=body.sha256,
+            size_bytes=body.size,
+            n_samples=declared.n_samples,
+            metrics=declared.metrics,
             upload_seconds=time.perf_counter() - started,
         )
         update, created = await run_in_threadpool(_accept, runtime, target, received)
-    body = UpdateOut.model_validate(update).model_dump(mode="json")
-    return JSONResponse(body, status_code=201 if created else 200)
+    answer = UpdateOut.model_validate(update).model_dump(mode="json")
+    return JSONResponse(answer, status_code=201 if created else 200)
 
 
 async def _receive(
-    request: Request, path: Path, limit: int, idle_timeout_s: float
-) -> tuple[str, int]:
-    """Stream the body to ``path`` with its SHA-256, refusing it past ``limit`` bytes (at
-    once: the answer closes the connection, ``observability.http``) or when no part of it
-    arrives for ``idle_timeout_s``."""
-    digest = hashlib.sha256()
-    size = 0
+    request: Request, path: Path, body: uploads.UploadBody, idle_timeout_s: float
+) -> None:
+    """Stream the body to ``path`` through ``body`` (which refuses it past the size cap, at
+    once: the answer closes the connection, ``observability.http``), refusing it when no part
+    of it arrives for ``idle_timeout_s``."""
     buffer = bytearray()
     chunks = request.stream().__aiter__()
     with path.open("wb") as sink:
@@ -225,17 +233,13 @@ async def _receive(
                 raise RequestTimeout(
                     f"no part of the update arrived for {idle_timeout_s:g} s; send it again"
                 ) from None
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the update is larger than the {limit}-byte limit")
-            digest.update(chunk)
+            body.take(chunk)
             buffer += chunk
             if len(buffer) >= CHUNK_WRITE_BYTES:
                 await run_in_threadpool(sink.write, bytes(buffer))
                 buffer.clear()
         if buffer:
             sink.write(buffer)
-    return digest.hexdigest(), size
 
 
 def _retry_answer(runtime: Runtime, target: uploads.UploadTarget) -> JSONResponse:
