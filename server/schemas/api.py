@@ -9,7 +9,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from client_sdk.model_spec import ModelSpec
-from server.schemas.job_spec import MAX_SAMPLES, JobSpec, TrainingSettings
+from server.limits import MAX_SAMPLES
+from server.schemas.job_spec import JobSpec, TrainingSettings
 
 T = TypeVar("T")
 

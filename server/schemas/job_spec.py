@@ -14,11 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from client_sdk.model_spec import ModelSpec
 from server.autorank import DEFAULT_REFERENCE_SAMPLES, AutoRankError, allowed_ranks
+from server.limits import MAX_DEADLINE_S, MAX_RANK, MAX_SAMPLES, MAX_UPLOAD_BUDGET
 
-MAX_DEADLINE_S = 7 * 24 * 3600
-MAX_RANK = 1024
-MAX_SAMPLES = 10**12  # a client's n_samples; also caps rank.reference_samples
-MAX_UPLOAD_BUDGET = 1 << 50  # bytes per round: a petabyte, beyond any real round
 _MODULE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 Seconds = Annotated[float, Field(gt=0, le=MAX_DEADLINE_S)]

@@ -22,9 +22,9 @@ import numpy as np
 
 from server.aggregation.keys import Part, classify, key_for, part_of
 from server.errors import AdapterRejected, PayloadTooLarge
+from server.limits import MAX_METADATA_ENTRIES
 from server.tensors import ITEMSIZE
 
-MAX_METADATA_ENTRIES = 64
 SCAN_CHUNK_BYTES = 4 << 20  # a multiple of every itemsize, so chunks never split a value
 _ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 _NAME_SHOWN = 120  # names are attacker-chosen: never echo a megabyte of one back

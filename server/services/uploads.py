@@ -24,15 +24,13 @@ from server.config import Settings
 from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
 from server.db.session import after_commit
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
+from server.limits import MAX_METRICS, MAX_SAMPLES
 from server.observability.prometheus import UPLOADS_ACCEPTED
 from server.services import rounds
 from server.services.enrolment import mark_seen
 from server.services.runtime import Runtime
 from server.services.strategies import upload_spec
 from server.storage import update_key
-
-MAX_METRICS = 64
-MAX_SAMPLES = 10**12
 
 
 @dataclass(frozen=True)
