@@ -119,7 +119,9 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
     join_token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     # AutoRank over the enrolled cohort: CRITIC weights, criteria names, the stored matrix.
-    autorank: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Deferred: the matrix has a row per client (half a megabyte at 10,000), and nearly every
+    # request loads its job; only the routes that show or extend the ranking read it.
+    autorank: Mapped[dict[str, Any] | None] = mapped_column(JSONType, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     enrolment_deadline_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

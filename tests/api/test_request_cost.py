@@ -33,11 +33,12 @@ class Costs:
     commits: int = 0
     last_seen_writes: int = 0
     statements: int = 0
+    autorank_reads: int = 0  # statements that read a job's AutoRank record (its matrix)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self._lock:
-            self.commits = self.last_seen_writes = self.statements = 0
+            self.commits = self.last_seen_writes = self.statements = self.autorank_reads = 0
 
     def watch(self, engine: Engine) -> None:
         def on_commit(_connection: Any) -> None:
@@ -51,6 +52,8 @@ class Costs:
             normalised = " ".join(statement.split()).lower()
             with self._lock:
                 self.statements += 1
+                if normalised.startswith("select") and "jobs.autorank" in normalised:
+                    self.autorank_reads += 1
                 if normalised.startswith("update clients set last_seen_at"):
                     self.last_seen_writes += 1
 
@@ -146,6 +149,21 @@ def test_a_waiting_clients_renewed_task_requests_read_nothing(
     costs.reset()
     assert api.get(ask, headers=running.headers(other)).json()["action"] == "train"
     assert costs.statements > 0
+
+
+def test_client_requests_do_not_read_the_cohorts_ranking_matrix(
+    api: TestClient, costs: Costs
+) -> None:
+    running = start_job(api)  # AutoRank stored its matrix: one row per client
+    costs.reset()
+    (index, task), *_ = _trainees(api, running)
+    assert api.get(task["adapter_url"], headers=running.headers(index)).status_code == 200
+    assert _upload(api, running, index, task).status_code == 201
+    assert costs.statements > 0
+    assert costs.autorank_reads == 0
+    # The operator's summary shows the ranking: it reads the record.
+    assert api.get(f"/api/v1/jobs/{running.id}/summary", headers=operator(api)).status_code == 200
+    assert costs.autorank_reads > 0
 
 
 def test_an_unknown_credential_is_refused_however_often_it_asks(api: TestClient) -> None:
