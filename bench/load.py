@@ -191,10 +191,11 @@ async def report_progress(
     """A line every ``PROGRESS_S`` on stderr: the round, the requests answered and given up so
     far, and the coordinator's CPU use since the last line."""
     started, cpu = time.perf_counter(), deployed.coordinator_cpu_s()
+    last = started
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), PROGRESS_S)
-        now_cpu = deployed.coordinator_cpu_s()
+        now, now_cpu = time.perf_counter(), deployed.coordinator_cpu_s()
         try:
             job = (await http.get(f"/api/v1/jobs/{job_id}", headers=OPERATOR)).json()
             where = f"round {job['current_round']} ({job['status']})"
@@ -203,11 +204,11 @@ async def report_progress(
         done = ", ".join(f"{kind} {len(v)}" for kind, v in sorted(record.latencies.items()))
         print(
             f"  {time.perf_counter() - started:6.0f} s  {where}  {done}  errors "
-            f"{sum(record.errors.values())}  coordinator CPU {(now_cpu - cpu) / PROGRESS_S:.0%}",
+            f"{sum(record.errors.values())}  coordinator CPU {(now_cpu - cpu) / (now - last):.0%}",
             file=sys.stderr,
             flush=True,
         )
-        cpu = now_cpu
+        cpu, last = now_cpu, now
 
 
 async def enrol_all(
