@@ -17,8 +17,8 @@ once, and the global adapter counts their updates and samples), the coordinator'
 its CPU time (which other work on the machine barely moves, unlike latencies; a progress line
 every 15 s on stderr gives the round, the requests so far and the CPU use), the p50 /
 p99 / max latency per request type and the latency of
-``/healthz`` probed every 50 ms during the load. Client-side latencies include this process's
-own scheduling: it shares the machine with the coordinator.
+``/healthz`` probed every 50 ms during the load (from a process of its own). Client-side
+latencies include this process's own scheduling: it shares the machine with the coordinator.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import random
 import signal
 import ssl
@@ -172,17 +173,21 @@ async def _client_loop(
                 record.error("upload", what)
 
 
-async def probe_health(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
-    """``/healthz`` every 50 ms on a connection of its own: does the event loop stay free?"""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+def probe_health(url: str, stop: Any, out: Any) -> None:
+    """``/healthz`` every 50 ms on a connection of its own, in a process of its own (this
+    one's event loop runs every client, and would delay the probe itself): does the
+    coordinator's event loop stay free? Puts the latencies on ``out`` once ``stop`` is set."""
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, timeout=30) as http:
         while not stop.is_set():
             started = time.perf_counter()
             try:
-                (await http.get("/healthz")).raise_for_status()
+                http.get("/healthz").raise_for_status()
                 latencies.append(time.perf_counter() - started)
             except httpx.TransportError:  # a closed keep-alive connection: asked again now
                 continue
-            await asyncio.sleep(0.05)
+            stop.wait(0.05)
+    out.put(latencies)
 
 
 async def report_progress(
@@ -297,8 +302,10 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         )
         job = (await http.post("/api/v1/jobs", json=spec, headers=OPERATOR)).json()
         stop = asyncio.Event()
-        health: list[float] = []
-        prober = asyncio.create_task(probe_health(deployed.url, stop, health))
+        spawn = multiprocessing.get_context("spawn")
+        probe_stop, probe_out = spawn.Event(), spawn.Queue()
+        prober = spawn.Process(target=probe_health, args=(deployed.url, probe_stop, probe_out))
+        prober.start()
         progress = asyncio.create_task(report_progress(http, deployed, job["id"], record, stop))
         t0 = time.perf_counter()
         credentials = await enrol_all(http, record, job, args.clients, args.concurrency)
@@ -316,7 +323,9 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         rounds_s = time.perf_counter() - t1
         rounds_cpu_s = deployed.coordinator_cpu_s() - cpu0
         stop.set()
-        await prober
+        probe_stop.set()
+        health: list[float] = probe_out.get(timeout=60)
+        prober.join()
         await progress
         status = (await http.get(f"/api/v1/jobs/{job['id']}", headers=OPERATOR)).json()
         clients: list[str] = [""] * args.clients
