@@ -419,6 +419,12 @@ def test_failing_a_running_job(recording: RecordingRuntime) -> None:
     assert stored.status == JobStatus.FAILED and stored.failure_reason == "the store is gone"
 
 
+def _assert_cancelled(recording: RecordingRuntime, job_id: uuid.UUID, at: datetime) -> None:
+    stored = recording.read(Job, job_id)
+    assert stored.status == JobStatus.CANCELLED and stored.finished_at == at
+    assert stored.failure_reason == "cancelled by an operator"
+
+
 def test_a_job_that_ended_is_not_failed(recording: RecordingRuntime) -> None:
     rt = recording.runtime
     now = utcnow()
@@ -429,9 +435,7 @@ def test_a_job_that_ended_is_not_failed(recording: RecordingRuntime) -> None:
     with session_scope(rt.sessions) as session:
         rounds.fail_job(session, rt, job.id, "too late", now + timedelta(seconds=1))
     assert recording.announced == []
-    stored = recording.read(Job, job.id)
-    assert stored.status == JobStatus.CANCELLED and stored.finished_at == now
-    assert stored.failure_reason == "cancelled by an operator"
+    _assert_cancelled(recording, job.id, now)
 
 
 # -- cancel -------------------------------------------------------------------------------
@@ -446,9 +450,7 @@ def test_cancelling_an_enrolling_job(recording: RecordingRuntime) -> None:
         assert cancelled.status == JobStatus.CANCELLED
         assert recording.announced == []
     assert recording.announced == [job.id]
-    stored = recording.read(Job, job.id)
-    assert stored.status == JobStatus.CANCELLED and stored.finished_at == now
-    assert stored.failure_reason == "cancelled by an operator"
+    _assert_cancelled(recording, job.id, now)
 
 
 def test_cancelling_a_running_job_fails_its_open_round(recording: RecordingRuntime) -> None:
