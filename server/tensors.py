@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import save
 
 from server.aggregation.packed import PackedTensors
-
-Tensors = dict[str, torch.Tensor]
+from server.aggregation.rules import Tensors
 
 #: The dtypes an adapter may hold: safetensors name -> torch dtype.
 ADAPTER_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

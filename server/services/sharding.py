@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -38,8 +37,6 @@ from server.db.session import after_commit
 from server.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-Tensors = dict[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------- planning
