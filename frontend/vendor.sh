@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Refresh the vendored browser assets (the dashboard's uPlot, the API reference's Swagger UI)
+# Refresh the vendored browser assets (the dashboard's uPlot and uqr, the API reference's
+# Swagger UI)
 # from the npm registry (dev-only; needs npm).
 #
 #   frontend/vendor.sh            download the pinned versions, copy them, rewrite vendor.lock
@@ -15,6 +16,7 @@ LOCK="$ROOT/frontend/vendor.lock"
 # package@version  folder-under-server/  file-in-package:vendored-name ...
 PACKAGES=(
   "uplot@1.6.32 dashboard/static/vendor dist/uPlot.iife.min.js:uPlot.iife.min.js dist/uPlot.min.css:uPlot.min.css LICENSE:LICENSE-uPlot.txt"
+  "uqr@0.1.3 dashboard/static/vendor dist/index.mjs:uqr.mjs LICENSE:LICENSE-uqr.txt"
   "swagger-ui-dist@5.35.0 api/static/swagger-ui swagger-ui-bundle.js:swagger-ui-bundle.js swagger-ui.css:swagger-ui.css favicon-32x32.png:favicon-32x32.png LICENSE:LICENSE-swagger-ui.txt NOTICE:NOTICE-swagger-ui.txt"
 )
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from client_sdk.cli_errors import one_line
+from server.join import join_link
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PAGE = 100  # jobs per request when resolving a prefix (within any FLAAS_MAX_PAGE_SIZE)
@@ -153,7 +154,8 @@ def job_create(args: argparse.Namespace) -> int:
     job = request(args, "POST", "/api/v1/jobs", json=spec)
     print(json.dumps(job, indent=2))
     print(
-        f"\njob {job['id']} created; clients join with token:\n  {job['join_token']}",
+        f"\njob {job['id']} created; clients join with token:\n  {job['join_token']}\n"
+        f"a browser (a phone) joins at:\n  {join_link(args.server, job['id'], job['join_token'])}",
         file=sys.stderr,
     )
     return 0

@@ -21,6 +21,7 @@ from server.db.session import (
     session_scope,
 )
 from server.embedded import EmbeddedWorker
+from server.join import routes as join
 from server.notify import JobNotifier, Waiters
 from server.observability.collectors import BrokerLevels, DatabaseLevels
 from server.observability.http import RequestObserver
@@ -128,5 +129,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, jobs, clients, rounds, metrics, scrape):
         app.include_router(module.router)
     dashboard.install(app)
+    join.install(app)
     docs.install(app)
     return app

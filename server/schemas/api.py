@@ -108,6 +108,33 @@ class JobModel(BaseModel):
     training: TrainingSettings
 
 
+class JoinFacts(BaseModel):
+    """What a person about to join a job is told (the ``/join`` page): public facts only, for
+    a holder of the join token. Nothing about other clients."""
+
+    job_id: uuid.UUID
+    name: str
+    status: str
+    strategy: str
+    model: ModelSpec | None = Field(
+        description="The model the devices train (null: the job's modules were written by hand)."
+    )
+    total_rounds: int
+    current_round: int
+    r_min: int
+    r_max: int
+    shared_parts: list[str] = Field(
+        description="Adapter parts every device uploads each round (lora_A, lora_B, ...; extra: "
+        "the non-LoRA tensors, such as a classifier head)."
+    )
+    private_parts: list[str] = Field(
+        description="Adapter parts that never leave the device (FedSA's lora_B)."
+    )
+    extra_tensors: list[str] = Field(
+        description="The non-LoRA tensors the devices train in full (a head), if any."
+    )
+
+
 class Enrolled(BaseModel):
     client_id: uuid.UUID
     job_id: uuid.UUID

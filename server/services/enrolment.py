@@ -11,13 +11,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from server.db.models import Client, Job, JobStatus, utcnow
 from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
-from server.schemas.api import EnrolRequest, JobModel
+from server.schemas.api import EnrolRequest, JobModel, JoinFacts
 from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
 from server.services import ranking, rounds
 from server.services.known_clients import KnownClient
 from server.services.models import check_same_model
 from server.services.runtime import Runtime
-from server.services.strategies import spec_of, strategy_for
+from server.services.strategies import exchanged_parts, spec_of, strategy_for
 
 
 def enrol_client(
@@ -111,6 +111,28 @@ def job_model(session: Session, job_id: uuid.UUID, join_token: str) -> JobModel:
         strategy=job.strategy,
         model=spec.model,
         training=spec.training,
+    )
+
+
+def join_facts(session: Session, job_id: uuid.UUID, join_token: str) -> JoinFacts:
+    """What a person is told before a device of theirs joins: the job, its rounds, and what
+    leaves the device each round (the same parts for every rank)."""
+    job = job_for_join_token(session, job_id, join_token)
+    spec = spec_of(job)
+    shared, private = exchanged_parts(job, job.r_min)
+    return JoinFacts(
+        job_id=job.id,
+        name=job.name,
+        status=job.status,
+        strategy=job.strategy,
+        model=spec.model,
+        total_rounds=job.total_rounds,
+        current_round=job.current_round,
+        r_min=job.r_min,
+        r_max=job.r_max,
+        shared_parts=shared,
+        private_parts=private,
+        extra_tensors=sorted(spec.extra),
     )
 
 

@@ -76,15 +76,26 @@ def client_alpha(spec: JobSpec, rank: int) -> float:
     return spec.lora.lora_alpha * rank if spec.lora.alpha_per_rank else spec.lora.lora_alpha
 
 
+def _exchanged(strategy: Strategy, spec: JobSpec, rank: int) -> tuple[set[str], set[str]]:
+    modules, extra = modules_of(spec), extra_of(spec)
+    shared: set[str] = {part_of(k) for k in strategy.upload_spec(modules, rank, extra)}
+    private: set[str] = {part_of(k) for k in strategy.private_spec(modules, rank, extra)}
+    return shared, private
+
+
+def exchanged_parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
+    """(shared, private) parts for a client of ``rank``: what it uploads, and what never
+    leaves its device."""
+    shared, private = _exchanged(strategy_for(job), spec_of(job), rank)
+    return sorted(shared), sorted(private)
+
+
 def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
     """(shared, frozen) parts for a client: what it uploads, and what it must not train."""
-    strategy = strategy_for(job)
-    spec = spec_of(job)
-    modules, extra = modules_of(spec), extra_of(spec)
-    shared = {part_of(k) for k in strategy.upload_spec(modules, rank, extra)}
-    private = {part_of(k) for k in strategy.private_spec(modules, rank, extra)}
+    strategy, spec = strategy_for(job), spec_of(job)
+    shared, private = _exchanged(strategy, spec, rank)
     every: set[str] = set(ADAPTER_PARTS[strategy.adapter_type])
-    if extra:
+    if spec.extra:
         every.add("extra")
     return sorted(shared), sorted(every - shared - private)
 

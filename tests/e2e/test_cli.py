@@ -78,6 +78,8 @@ def test_job_create_list_show(tmp_path: Path) -> None:
         assert created.returncode == 0, created.stderr
         job = json.loads(created.stdout)
         assert job["strategy"] == "rbla-shrink" and job["join_token"].startswith("flj_")
+        # The browser link carries the token in its fragment, which no server log sees.
+        assert f"{live.url}/join/{job['id']}#t={job['join_token']}" in created.stderr
         listed = flaas("job", "list", *common)
         assert listed.returncode == 0 and job["id"] in listed.stdout
         shown = flaas("job", "show", job["id"], *common)

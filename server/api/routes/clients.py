@@ -42,6 +42,7 @@ from server.schemas.api import (
     EnrolRequest,
     FinishedTask,
     JobModel,
+    JoinFacts,
     TrainAssignment,
     WaitTask,
 )
@@ -69,6 +70,22 @@ def job_model(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) -
     model and checks it is the same (``model.config_sha256``) before it profiles and enrols."""
     with read_scope(runtime.sessions) as session:
         return enrolment.job_model(session, job_id, join_token)
+
+
+@router.get(
+    "/jobs/{job_id}/join",
+    response_model=JoinFacts,
+    responses=error_responses(
+        errors.Unauthorized,
+        INVALID_INPUT,
+        notes={401: "No such job, or not its join token (one answer for both)"},
+    ),
+)
+def join_facts(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) -> JoinFacts:
+    """What the ``/join`` page tells a person before their device joins, for a holder of the
+    join token: the job, its rounds and ranks, and which adapter parts leave the device."""
+    with read_scope(runtime.sessions) as session:
+        return enrolment.join_facts(session, job_id, join_token)
 
 
 @router.post(

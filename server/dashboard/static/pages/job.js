@@ -1,5 +1,7 @@
-// Job detail: progress, round timeline, metric charts, ranks and AutoRank, coverage, bytes.
+// Job detail: progress, round timeline, metric charts, ranks and AutoRank, coverage, bytes,
+// and the join link with its QR code.
 import { bytesChart, coverageHeatmap, rankHistogram, spreadChart } from "../charts.js";
+import { inviteSection } from "../invite.js";
 import {
   api, apiAll, badge, crumbs, debounce, empty, failure, fmtAgo, fmtBytes, fmtNum, fmtSeconds,
   fmtTime, h, liveJob, loading, pager, section, setContent, shortId, table,
@@ -37,6 +39,7 @@ export async function render(root, { jobId }) {
     h("div.two", {},
       h("section", {}, h("h2", {}, "Rank distribution"), els.histogram),
       h("section", {}, h("h2", {}, "AutoRank"), els.autorank)),
+    h("section", {}, h("h2", {}, "Invite devices"), inviteSection(jobId)),
   );
 
   const state = { job: null, metrics: [], timelineOffset: 0, autorankOffset: 0, summary: null };
