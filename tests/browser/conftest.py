@@ -1,5 +1,5 @@
-"""Fixtures for the dashboard's browser tests: Debian's Chromium under Playwright, a live
-coordinator on SQLite, and a browser context logged in through the login form."""
+"""Fixtures for the browser tests: Debian's Chromium under Playwright, a live coordinator on
+SQLite, and a browser context logged in through the dashboard's login form."""
 
 from __future__ import annotations
 
@@ -67,6 +67,19 @@ def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) ->
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: Path) -> Iterator[Any]:
+    """One Chromium whose ``new_context()`` calls are separate devices (storage of their own)."""
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ export async function render(root, { jobId }) {
   };
   setContent(root,
     els.header, els.states,
+    h("details.card", { "data-testid": "invite-details" }, h("summary", {}, h("strong", {}, "Invite devices: the join link and its QR code")), inviteSection(jobId)),
     h("section", {}, h("h2", {}, "Rounds"), els.strip, els.timeline),
     h("div.two", {},
       h("section", {}, h("h2", { id: "eval-title" }, "Evaluation metric"), els.evalChart),
@@ -39,7 +40,6 @@ export async function render(root, { jobId }) {
     h("div.two", {},
       h("section", {}, h("h2", {}, "Rank distribution"), els.histogram),
       h("section", {}, h("h2", {}, "AutoRank"), els.autorank)),
-    h("section", {}, h("h2", {}, "Invite devices"), inviteSection(jobId)),
   );
 
   const state = { job: null, metrics: [], timelineOffset: 0, autorankOffset: 0, summary: null };
