@@ -52,34 +52,42 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A fresh Chromium profile (persistent context in a temporary user-data dir)."""
+def driver(chromium: Path) -> Iterator[Any]:
+    """Playwright for one test module: its sync API allows one instance at a time, and it
+    runs an event loop of its own that no other test should meet."""
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(chromium),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(15_000)
-        try:
-            yield context
-        finally:
-            context.close()
+        yield playwright
 
 
 @pytest.fixture(scope="module")
-def browser(chromium: Path) -> Iterator[Any]:
+def browser_context(
+    driver: Any, chromium: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A fresh Chromium profile (persistent context in a temporary user-data dir)."""
+    context = driver.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("chromium-profile")),
+        executable_path=str(chromium),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1400, "height": 1000},
+    )
+    context.set_default_timeout(15_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def browser(driver: Any, chromium: Path) -> Iterator[Any]:
     """One Chromium whose ``new_context()`` calls are separate devices (storage of their own)."""
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
+    instance = driver.chromium.launch(
+        executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+    )
+    try:
+        yield instance
+    finally:
+        instance.close()
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def join_with_sample(page: Any, device: int, of: int = COHORT) -> None:
 
 def wait_done(page: Any, timeout_s: float) -> None:
     page.wait_for_function(
-        "(done) => document.querySelector('[data-testid=status]').textContent.includes(done)",
+        "(done) => document.querySelector('[data-testid=status]')?.textContent.includes(done)",
         arg=DONE,
         timeout=timeout_s * 1000,
     )

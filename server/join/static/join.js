@@ -36,12 +36,13 @@ async function joinFacts(joinToken) {
 }
 
 function partsText(parts, facts) {
-  return parts.map((p) => p === "extra" ? `the head (${facts.extra_tensors.join(", ")})` : PARTS[p] || p);
+  const adapter = parts.filter((p) => p !== "extra").map((p) => PARTS[p] || p);
+  return parts.includes("extra") ? [...adapter, `the head (${facts.extra_tensors.join(", ")})`] : adapter;
 }
 
 function describe(facts) {
   const shared = partsText(facts.shared_parts, facts);
-  const kept = ["your data: only its size and label statistics are sent, once, to choose your rank",
+  const kept = ["your data: only its size and four statistics of its labels and losses are sent, once, to choose your rank",
     ...partsText(facts.private_parts, facts)];
   return [
     h("div.toolbar", {}, h("h1", {}, facts.name, " ", badge(facts.status))),
@@ -137,10 +138,11 @@ function progressView(facts, saved) {
   function apply(e) {
     if (e.type === "status") status(e.message);
     else if (e.type === "error") status(e.retrying ? `${e.message} (retrying)` : e.message, !e.retrying);
-    else if (e.type === "enrolled") {
+    else if (e.type === "enrolled") { // a resumed client says its id again, not its rank
       els.client.textContent = e.clientId;
-      els.rank.textContent = e.rank ?? "assigned when enrolment closes";
-      return { clientId: e.clientId, rank: e.rank };
+      const rank = e.rank ?? saved?.rank ?? null;
+      els.rank.textContent = rank ?? "assigned when enrolment closes";
+      return { clientId: e.clientId, rank };
     } else if (e.type === "round") {
       const row = { round: e.round, rank: e.rank, loss: e.loss, accuracy: e.accuracy, bytesSent: e.bytesSent, seconds: e.seconds };
       const at = rows.findIndex((r) => r.round === e.round); // a round re-sent after a reload
@@ -198,15 +200,17 @@ async function showJob(joinToken) {
           if (changed) { saved = { ...saved, ...changed }; remember(saved); }
         },
       }));
-      progress.apply({ type: "done", jobStatus: result.jobStatus });
+      if (result.jobStatus === "stopped") throw new Error("stopped");
       saved = { ...saved, done: result.jobStatus }; remember(saved);
-      stop.hidden = true;
+      stop.hidden = true; join.textContent = "Done";
     } catch (error) {
       if (controller.signal.aborted) {
         saved = { ...saved, stopped: true }; remember(saved); // a reload does not restart it
         progress.status("Stopped. Press Resume to carry on as the same client.");
+      } else {
+        console.error(error);
+        progress.status(String(error.message || error), true);
       }
-      else { console.error(error); progress.status(String(error.message || error), true); }
       join.disabled = false; join.textContent = "Resume"; stop.hidden = true; picker.disable(false);
     }
   }
@@ -219,7 +223,7 @@ async function showJob(joinToken) {
     progress.el);
   if (saved?.done) {
     progress.apply({ type: "done", jobStatus: saved.done });
-    join.disabled = true; picker.disable(true);
+    join.disabled = true; join.textContent = "Done"; picker.disable(true);
   } else if (saved?.data && !saved.stopped) {
     progress.status("Resuming after a reload…");
     start(); // the client continues as the same client, from its own saved state
