@@ -247,16 +247,22 @@ function accumulateGradients(model, x, labels, weight, grads) {
     }
     const prefix = KEY_PREFIX + layer.name;
     let lowRankGrad = null;
+    const gradOf = (suffix) => grads.get(`${prefix}.${suffix}`);
     if (layer.mode === "full") {
-      addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, grads.get(`${prefix}.weight`));
-      const bias = grads.get(`${prefix}.bias`);
-      for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) bias[o] += grad[row * layer.dOut + o];
+      const weightGrad = gradOf("weight");
+      const biasGrad = gradOf("bias");
+      if (weightGrad) addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, weightGrad);
+      if (biasGrad) {
+        for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) biasGrad[o] += grad[row * layer.dOut + o];
+      }
     } else if (layer.mode === "lora") {
       const r = model.rank;
-      addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index], r, grads.get(`${prefix}.lora_B.weight`), model.scale);
+      const bGrad = gradOf("lora_B.weight");
+      if (bGrad) addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index], r, bGrad, model.scale);
       lowRankGrad = new Float32Array(n * r);
       addTimes(grad, n, layer.dOut, layer.b, r, lowRankGrad, model.scale);
-      addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, grads.get(`${prefix}.lora_A.weight`));
+      const aGrad = gradOf("lora_A.weight");
+      if (aGrad) addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, aGrad);
     }
     if (index === 0) break;
     const next = new Float32Array(n * layer.dIn);
