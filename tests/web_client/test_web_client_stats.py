@@ -63,7 +63,9 @@ def test_an_update_encodes_to_the_bytes_the_python_sdk_writes() -> None:
         " [k, { shape: t.shape, data: Float32Array.from(t.values) }]));\n"
         "const bytes = client.encodeSafetensors(tensors, input.metadata);\n"
         "console.log(JSON.stringify(Buffer.from(bytes).toString('base64')));",
-        tensors={k: {"shape": list(v.shape), "values": v.flatten().tolist()} for k, v in tensors.items()},
+        tensors={
+            k: {"shape": list(t.shape), "values": t.flatten().tolist()} for k, t in tensors.items()
+        },
         metadata=metadata,
     )
     assert base64.b64decode(got) == encode_update(tensors, metadata)
