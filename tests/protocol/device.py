@@ -27,6 +27,12 @@ DIGITS_MODEL = {
     "target_modules": ["fc1", "fc2"],
     "modules_to_save": ["fc3"],
 }
+# Its model identity: the SHA-256 of this canonical config (docs/protocol.md, "Enrol").
+DIGITS_CONFIG = (
+    '{"d_in":64,"hidden":128,"model_type":"flaas-mlp","num_labels":10,"pretrain":{"batch_size":32,'
+    '"dataset":"digits","epochs":10,"head_seed":0,"lr":0.001,"optimizer":"adam",'
+    '"relabel":"swap-pairs","seed":0,"split":"public-16%"}}'
+)
 # Spread-out statistics, so that AutoRank gives different ranks.
 STATS = [
     {"n_samples": 12, "label_entropy": 0.1, "gini_simpson": 0.1, "loss_entropy": 0.1},

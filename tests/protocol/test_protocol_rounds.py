@@ -4,6 +4,8 @@ the next round's adapter, computed here from the documented rules."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ import numpy as np
 
 from tests.live import LiveCoordinator
 from tests.protocol.device import (
+    DIGITS_CONFIG,
     DIGITS_HEAD,
     DIGITS_MODEL,
     DIGITS_MODULES,
@@ -41,6 +44,7 @@ def test_a_digits_device_proves_its_model_and_gets_the_adapter_cut_to_its_rank(
     )
     model = http.get(f"/api/v1/jobs/{job['id']}/model", headers=bearer(job["join_token"]))
     sha = model.json()["model"]["config_sha256"]
+    assert sha == hashlib.sha256(DIGITS_CONFIG.encode()).hexdigest()
     wrong = enrol(http, job, 0, model_sha256="0" * 64)
     assert wrong.status_code == 409 and "model" in wrong.json()["detail"]
     devices = [enrolled(http, job, i, model_sha256=sha) for i in range(3)]
@@ -53,6 +57,9 @@ def test_a_digits_device_proves_its_model_and_gets_the_adapter_cut_to_its_rank(
         assert task["shared_parts"] == ["extra", "lora_A", "lora_B"]
         data = device.download(task["adapter_url"])
         header = header_of(data)
+        assert json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"] == {
+            "format": "pt"
+        }
         r = task["rank"]
         # Round 1 of a model's job: the head comes from the device's own base, not the wire.
         assert {k: (v["dtype"], v["shape"]) for k, v in header.items()} == {

@@ -106,6 +106,7 @@ def test_an_upload_must_be_the_clients_own_and_for_a_round_it_was_sampled_for(
     body = encode(update_tensors(train))
     not_sampled = left_out.upload(train["upload_url"], body)
     assert not_sampled.status_code == 409 and "not sampled" in not_sampled.json()["detail"]
+    assert left_out.download(train["adapter_url"])  # the round's adapter, at its own rank
 
     _, strangers = started_job(live, http, clients=1)
     foreign = strangers[0].upload(train["upload_url"], body)
