@@ -248,10 +248,17 @@ def record_rejection(session: Session, rt: Runtime, target: UploadTarget, reason
 def parse_n_samples(raw: str | None) -> int:
     if raw is None:
         raise InvalidRequest("the Flaas-Num-Samples header is required (an integer >= 1)")
+    text = raw.strip()
+    # ASCII digits only: Python's int() also reads "+5", "1_000" and other scripts' digits,
+    # which a client in another language would not expect to be a number (docs/protocol.md).
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidRequest(
+            f"Flaas-Num-Samples must be a decimal integer (digits 0-9), got {raw[:40]!r}"
+        )
     try:
-        value = int(raw.strip())
-    except ValueError:
-        raise InvalidRequest(f"Flaas-Num-Samples must be an integer, got {raw[:40]!r}") from None
+        value = int(text)
+    except ValueError:  # more digits than Python converts
+        raise InvalidRequest(f"Flaas-Num-Samples must lie in [1, {MAX_SAMPLES}]") from None
     if not 1 <= value <= MAX_SAMPLES:
         raise InvalidRequest(f"Flaas-Num-Samples must lie in [1, {MAX_SAMPLES}], got {value}")
     return value
