@@ -1,7 +1,9 @@
 """The client's HTTP layer: one coordinator, timeouts, retries, typed errors (no torch).
 
-Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
-backoff and jitter; ``Retry-After`` is honoured. A 4xx is never retried: it raises a
+Transient failures (connection errors, timeouts, 5xx, 429, and 408: the coordinator dropped a
+body that stalled, nothing was stored) are retried with exponential backoff and jitter;
+``Retry-After`` is honoured (docs/protocol.md, "Retries"). Any other 4xx is never retried: it
+raises a
 :class:`ApiError` subclass carrying the server's ``detail``. Uploads are safe to retry because
 they carry ``Flaas-Content-Sha256``: the coordinator answers an identical retry with 200.
 """
@@ -26,6 +28,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 # plus this much (the coordinator's answer, a slow network).
 LONG_POLL_MARGIN_S = 15.0
 UPLOAD_CHUNK_BYTES = 64 * 1024
+# 4xx answers that ask for the same request again: 408 (the body stalled and was dropped) and
+# 429 (too many requests); every other 4xx says the request itself must change.
+RETRIED_4XX = frozenset({408, 429})
 
 
 class ApiError(Exception):
@@ -185,7 +190,7 @@ class ApiClient:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code == 429 or response.status_code >= 500:
+                if response.status_code in RETRIED_4XX or response.status_code >= 500:
                     last = f"{response.status_code}: {_detail(response)}"
                     retry_after = retry_after_seconds(response.headers.get("retry-after"))
                 else:
@@ -268,13 +273,13 @@ class ApiClient:
         raise AssertionError("unreachable")
 
     def _download_once(self, url: str, on_bytes: ByteProgress | None) -> bytes:
-        # Opening the stream goes through request()'s retries for 5xx/429; a connection
+        # Opening the stream goes through request()'s retries for 5xx/408/429; a connection
         # dropped mid-body surfaces here as a TransportError and restarts the download.
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         with self._http.stream("GET", url, headers=headers) as response:
             if response.status_code >= 400:
                 response.read()
-                if response.status_code == 429 or response.status_code >= 500:
+                if response.status_code in RETRIED_4XX or response.status_code >= 500:
                     return self.request("GET", url).content
                 error = _BY_STATUS.get(response.status_code, ApiError)
                 raise error(response.status_code, _detail(response), "GET", url)

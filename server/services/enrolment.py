@@ -14,7 +14,7 @@ from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
 from server.schemas.api import EnrolRequest, JobModel, JoinFacts
 from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
 from server.services import ranking, rounds
-from server.services.known_clients import KnownClient
+from server.services.known_clients import ClientRef
 from server.services.models import check_same_model
 from server.services.runtime import Runtime
 from server.services.strategies import exchanged_parts, spec_of, strategy_for
@@ -144,14 +144,12 @@ def authenticate_client(session: Session, credential: str) -> Client:
     return client
 
 
-def seen_is_stale(client: Client | KnownClient, now: datetime, interval_s: float) -> bool:
+def seen_is_stale(client: ClientRef, now: datetime, interval_s: float) -> bool:
     """Whether ``client``'s last-seen time is old enough to be written again."""
     return client.last_seen_at <= now - timedelta(seconds=interval_s)
 
 
-def mark_seen(
-    session: Session, client: Client | KnownClient, now: datetime, interval_s: float
-) -> bool:
+def mark_seen(session: Session, client: ClientRef, now: datetime, interval_s: float) -> bool:
     """Set the client's ``last_seen_at`` to ``now`` unless it was written in the last
     ``interval_s``.
 

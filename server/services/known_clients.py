@@ -35,6 +35,10 @@ class KnownClient:
     last_seen_at: datetime
 
 
+#: An authenticated client as a request holds it: its row, or its entry here.
+ClientRef = Client | KnownClient
+
+
 class KnownClients:
     """Credential hash -> ``KnownClient``, least recently used first (thread-safe)."""
 

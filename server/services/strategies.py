@@ -14,7 +14,11 @@ from server.aggregation.keys import ADAPTER_PARTS, part_of
 from server.db.models import Job
 from server.errors import InvalidRequest
 from server.schemas.job_spec import JobSpec
+from server.services.job_definitions import JobDefinition
 from server.tensors import ITEMSIZE
+
+#: A job row, or its cached definition: the strategy and the spec are all asked of either.
+JobLike = Job | JobDefinition
 
 UPLOAD_DTYPE = "F32"  # what the SDK uploads; F16/BF16 uploads are half of upload_bytes()
 
@@ -33,11 +37,11 @@ def strategy_for_spec(spec: JobSpec) -> Strategy:
         raise InvalidRequest(f"strategy: {exc}") from exc
 
 
-def strategy_for(job: Job) -> Strategy:
+def strategy_for(job: JobLike) -> Strategy:
     return _cached_strategy(job.strategy, job.r_max, tuple(sorted(job.strategy_options.items())))
 
 
-def spec_of(job: Job) -> JobSpec:
+def spec_of(job: JobLike) -> JobSpec:
     return JobSpec.model_validate(job.spec)
 
 
@@ -49,7 +53,7 @@ def extra_of(spec: JobSpec) -> dict[str, tuple[int, ...]]:
     return {name: tuple(shape) for name, shape in spec.extra.items()}
 
 
-def upload_spec(job: Job, rank: int) -> dict[str, tuple[int, ...]]:
+def upload_spec(job: JobLike, rank: int) -> dict[str, tuple[int, ...]]:
     """The exact key -> shape map a client of ``rank`` must upload for ``job``."""
     spec = spec_of(job)
     return strategy_for(job).upload_spec(modules_of(spec), rank, extra_of(spec))
@@ -62,7 +66,7 @@ def upload_bytes(spec: JobSpec, rank: int) -> int:
     return sum(math.prod(shape) for shape in shapes.values()) * ITEMSIZE[UPLOAD_DTYPE]
 
 
-def client_scale(job: Job, rank: int) -> float:
+def client_scale(job: JobLike, rank: int) -> float:
     """The LoRA scale a client of ``rank`` trains at (VeRA has no alpha: scale 1)."""
     strategy = strategy_for(job)
     if strategy.adapter_type == "vera":
@@ -83,14 +87,14 @@ def _exchanged(strategy: Strategy, spec: JobSpec, rank: int) -> tuple[set[str], 
     return shared, private
 
 
-def exchanged_parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
+def exchanged_parts(job: JobLike, rank: int) -> tuple[list[str], list[str]]:
     """(shared, private) parts for a client of ``rank``: what it uploads, and what never
     leaves its device."""
     shared, private = _exchanged(strategy_for(job), spec_of(job), rank)
     return sorted(shared), sorted(private)
 
 
-def parts(job: Job, rank: int) -> tuple[list[str], list[str]]:
+def parts(job: JobLike, rank: int) -> tuple[list[str], list[str]]:
     """(shared, frozen) parts for a client: what it uploads, and what it must not train."""
     strategy, spec = strategy_for(job), spec_of(job)
     shared, private = _exchanged(strategy, spec, rank)

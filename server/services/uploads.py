@@ -17,17 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from server.config import Settings
-from server.db.models import Client, ClientUpdate, Job, Round, RoundStatus, UpdateStatus, utcnow
+from server.db.models import ClientUpdate, Round, RoundStatus, UpdateStatus, utcnow
 from server.db.session import after_commit
 from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
 from server.limits import MAX_METRICS, MAX_SAMPLES
 from server.observability.prometheus import UPLOADS_ACCEPTED
 from server.services import rounds
 from server.services.enrolment import mark_seen
+from server.services.job_definitions import job_definition
+from server.services.known_clients import ClientRef
 from server.services.runtime import Runtime
 from server.services.strategies import upload_spec
 from server.storage import update_key
@@ -37,7 +40,7 @@ from server.storage import update_key
 class UploadTarget:
     """Where an upload goes and what it must contain; computed before the body is read."""
 
-    client: Client  # detached: read with the target, marked seen when the upload is settled
+    client: ClientRef  # marked seen when the upload is settled
     update_id: uuid.UUID
     round_id: uuid.UUID
     round_number: int
@@ -48,47 +51,50 @@ class UploadTarget:
     accepted_sha256: str | None
 
 
-def prepare_upload(session: Session, client: Client, round_id: uuid.UUID) -> UploadTarget:
-    """Refuse an upload that cannot count, before a byte of it is read."""
-    rnd = session.get(Round, round_id)
-    if rnd is None:
+def prepare_upload(session: Session, client: ClientRef, round_id: uuid.UUID) -> UploadTarget:
+    """Refuse an upload that cannot count, before a byte of it is read: one read of the round
+    and the client's update in it (the job's definition is kept in memory)."""
+    row = session.execute(
+        select(Round.job_id, Round.number, Round.status, ClientUpdate)
+        .select_from(Round)
+        .outerjoin(
+            ClientUpdate,
+            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
+        )
+        .where(Round.id == round_id)
+    ).one_or_none()
+    if row is None:
         raise NotFound(f"round {round_id} does not exist")
-    if rnd.job_id != client.job_id:
+    job_id, number, round_status, update = row
+    if job_id != client.job_id:
         raise Forbidden(f"round {round_id} belongs to another job")
-    update = _update_of(session, rnd, client.id)
+    if update is None:
+        raise _not_sampled(number)
     if update.status != UpdateStatus.ACCEPTED:
-        _require_open(rnd, update)
-    job = session.get_one(Job, rnd.job_id)
+        _require_open(number, round_status, update)
     return UploadTarget(
         client=client,
         update_id=update.id,
-        round_id=rnd.id,
-        round_number=rnd.number,
-        job_id=rnd.job_id,
+        round_id=round_id,
+        round_number=number,
+        job_id=job_id,
         client_id=client.id,
         rank=update.rank,
-        expected=upload_spec(job, update.rank),
+        expected=upload_spec(job_definition(session, job_id), update.rank),
         accepted_sha256=update.sha256 if update.status == UpdateStatus.ACCEPTED else None,
     )
 
 
-def _update_of(session: Session, rnd: Round, client_id: uuid.UUID) -> ClientUpdate:
-    update = session.scalar(
-        select(ClientUpdate).where(
-            ClientUpdate.round_id == rnd.id, ClientUpdate.client_id == client_id
-        )
+def _not_sampled(number: int) -> Conflict:
+    return Conflict(
+        f"this client was not sampled for round {number}; "
+        "ask GET /api/v1/clients/me/task for its current task"
     )
-    if update is None:
-        raise Conflict(
-            f"this client was not sampled for round {rnd.number}; "
-            "ask GET /api/v1/clients/me/task for its current task"
-        )
-    return update
 
 
-def _require_open(rnd: Round, update: ClientUpdate) -> None:
-    if rnd.status != RoundStatus.OPEN or update.status == UpdateStatus.MISSED:
-        raise Gone(f"round {rnd.number} is {rnd.status}; it no longer accepts updates")
+def _require_open(number: int, round_status: str, update: ClientUpdate) -> None:
+    if round_status != RoundStatus.OPEN or update.status == UpdateStatus.MISSED:
+        raise Gone(f"round {number} is {round_status}; it no longer accepts updates")
 
 
 @dataclass(frozen=True)
@@ -184,27 +190,30 @@ def _count(
     session: Session, rt: Runtime, target: UploadTarget, key: str, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
     rnd = session.get_one(Round, target.round_id, with_for_update=True)
-    update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
-    if update.status == UpdateStatus.ACCEPTED:
-        return _identical_retry(update, rnd, received.sha256), False
-    _require_open(rnd, update)
     now = utcnow()
-    accepted = rounds.transition(
-        session,
-        ClientUpdate,
-        update.id,
-        UpdateStatus.PENDING,
-        status=UpdateStatus.ACCEPTED,
-        n_samples=received.n_samples,
-        sha256=received.sha256,
-        size_bytes=received.size_bytes,
-        storage_key=key,
-        metrics=received.metrics,
-        upload_seconds=received.upload_seconds,
-        accepted_at=now,
-    )
-    session.refresh(update)
-    if not accepted:
+    update = None
+    if rnd.status == RoundStatus.OPEN:  # locked: it cannot start aggregating meanwhile
+        # Accepted only if still pending; RETURNING gives the stored row without a read.
+        update = session.scalar(
+            sql_update(ClientUpdate)
+            .where(ClientUpdate.id == target.update_id, ClientUpdate.status == UpdateStatus.PENDING)
+            .values(
+                status=UpdateStatus.ACCEPTED,
+                n_samples=received.n_samples,
+                sha256=received.sha256,
+                size_bytes=received.size_bytes,
+                storage_key=key,
+                metrics=received.metrics,
+                upload_seconds=received.upload_seconds,
+                accepted_at=now,
+            )
+            .returning(ClientUpdate),
+            execution_options={"populate_existing": True},
+        )
+    if update is None:  # accepted already (a retry), missed, or the round no longer open
+        update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
+        if update.status != UpdateStatus.ACCEPTED:
+            _require_open(rnd.number, rnd.status, update)
         return _identical_retry(update, rnd, received.sha256), False
     after_commit(session, UPLOADS_ACCEPTED.inc)
     if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
@@ -239,10 +248,17 @@ def record_rejection(session: Session, rt: Runtime, target: UploadTarget, reason
 def parse_n_samples(raw: str | None) -> int:
     if raw is None:
         raise InvalidRequest("the Flaas-Num-Samples header is required (an integer >= 1)")
+    text = raw.strip()
+    # ASCII digits only: Python's int() also reads "+5", "1_000" and other scripts' digits,
+    # which a client in another language would not expect to be a number (docs/protocol.md).
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidRequest(
+            f"Flaas-Num-Samples must be a decimal integer (digits 0-9), got {raw[:40]!r}"
+        )
     try:
-        value = int(raw.strip())
-    except ValueError:
-        raise InvalidRequest(f"Flaas-Num-Samples must be an integer, got {raw[:40]!r}") from None
+        value = int(text)
+    except ValueError:  # more digits than Python converts
+        raise InvalidRequest(f"Flaas-Num-Samples must lie in [1, {MAX_SAMPLES}]") from None
     if not 1 <= value <= MAX_SAMPLES:
         raise InvalidRequest(f"Flaas-Num-Samples must lie in [1, {MAX_SAMPLES}], got {value}")
     return value

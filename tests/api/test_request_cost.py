@@ -21,6 +21,7 @@ from sqlalchemy import Engine, event, update
 
 from server.db.models import Client, utcnow
 from server.services import scheduler
+from server.services.known_clients import KnownClients
 from tests.api.conftest import RunningJob, start_job
 from tests.support import adapter_bytes, bearer, coordinator, operator, settings_for
 
@@ -33,12 +34,14 @@ class Costs:
     commits: int = 0
     last_seen_writes: int = 0
     statements: int = 0
+    begins: int = 0  # of the statements, SQLite's explicit BEGINs (PostgreSQL's are implicit)
     autorank_reads: int = 0  # statements that read a job's AutoRank record (its matrix)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         with self._lock:
-            self.commits = self.last_seen_writes = self.statements = self.autorank_reads = 0
+            self.commits = self.last_seen_writes = self.statements = self.begins = 0
+            self.autorank_reads = 0
 
     def watch(self, engine: Engine) -> None:
         def on_commit(_connection: Any) -> None:
@@ -52,6 +55,8 @@ class Costs:
             normalised = " ".join(statement.split()).lower()
             with self._lock:
                 self.statements += 1
+                if normalised.startswith("begin"):
+                    self.begins += 1
                 if normalised.startswith("select") and "jobs.autorank" in normalised:
                     self.autorank_reads += 1
                 if normalised.startswith("update clients set last_seen_at"):
@@ -81,11 +86,14 @@ def _engine(api: TestClient) -> Engine:
 
 
 def _age_last_seen(api: TestClient, seconds: float) -> None:
-    """Move every client's last-seen time ``seconds`` into the past."""
+    """Move every client's last-seen time ``seconds`` into the past, and let the coordinator
+    forget the clients it knows (their copies of it are newer): each is read again once."""
     with _engine(api).begin() as connection:
         connection.execute(
             update(Client).values(last_seen_at=utcnow() - timedelta(seconds=seconds))
         )
+    state = api.app.state
+    state.known_clients = KnownClients(state.known_clients.limit)
 
 
 def _trainees(api: TestClient, running: RunningJob) -> list[tuple[int, dict[str, Any]]]:
@@ -226,6 +234,28 @@ def test_an_upload_commits_once(api: TestClient, costs: Costs) -> None:
         response = _upload(api, running, index, task)
         assert response.status_code == 201, response.text
         assert costs.commits == 1
+
+
+def test_known_clients_download_and_upload_read_their_round_once(
+    api: TestClient, costs: Costs
+) -> None:
+    running = start_job(api)
+    trainees = _trainees(api, running)  # their task requests: the credentials are known now
+    for index, task in trainees:  # the first download of a rank cuts the round's adapter
+        assert api.get(task["adapter_url"], headers=running.headers(index)).status_code == 200
+    for index, task in trainees:  # a rank already cut (another client's, or a retry)
+        costs.reset()
+        download = api.get(task["adapter_url"], headers=running.headers(index))
+        assert download.status_code == 200
+        assert costs.statements - costs.begins == 1  # the round and the client's rank in it
+
+    index, task = trainees[0]
+    costs.reset()
+    assert _upload(api, running, index, task).status_code == 201
+    # One read before the body (the round and the client's update in it); then the round's
+    # lock, the acceptance (its row RETURNed) and the count, in the upload's one commit.
+    assert costs.commits == 1
+    assert costs.statements - costs.begins == 4
 
 
 def test_a_refused_upload_still_marks_the_client_seen(api: TestClient, costs: Costs) -> None:

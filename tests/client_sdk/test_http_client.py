@@ -66,6 +66,20 @@ def test_429_honours_retry_after_and_gives_up_with_unavailable() -> None:
     assert retry_after_seconds("junk") is None and retry_after_seconds(None) is None
 
 
+def test_an_upload_whose_body_stalled_is_sent_again() -> None:
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read())
+        if len(bodies) == 1:  # the coordinator's idle timeout: nothing was stored
+            return httpx.Response(408, json={"detail": "no part of the update arrived for 30 s"})
+        return httpx.Response(201, json={"status": "accepted"})
+
+    api, sleeps = make(handler)
+    status, _ = api.upload("/api/v1/rounds/r/update", b"adapter", n_samples=3, sha256="ab")
+    assert status == 201 and bodies == [b"adapter", b"adapter"] and len(sleeps) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "error"), [(401, Unauthorized), (409, Conflict), (410, Gone), (422, Rejected)]
 )

@@ -103,8 +103,9 @@ async function start(opts: JoinOptions, emit: (e: ClientEvent) => void): Promise
   emit({ type: "status", message: "loading the digits model" });
   const manifest = await loadManifest(assets);
   const base = { tensors: await loadBase(manifest, assets) };
-  if (opts.data.features !== manifest.features || opts.data.y.length === 0) {
-    throw new Error(`the data must hold rows of ${manifest.features} features; it has ${opts.data.features}`);
+  const { x, y, features } = opts.data;
+  if (features !== manifest.features || y.length === 0 || x.length !== y.length * features) {
+    throw new Error(`the data must hold rows of ${manifest.features} features and a label each`);
   }
   const { train, val } = holdout(opts.data);
   let credentials = state.credentials;
@@ -146,9 +147,9 @@ async function enrolDevice(api: Coordinator, opts: JoinOptions, state: DeviceSta
 async function step(s: Session): Promise<number | string> {
   const t = await task(s.api, TASK_WAIT_S);
   if (t.action === "finished") return t.status;
-  if (t.action === "wait") {
+  if (t.action !== "train") {
     s.emit({ type: "status", message: `waiting: ${t.reason}` });
-    return t.retry_after;
+    return t.retry_after ?? 1;
   }
   const round = t.round_number;
   if (s.state.alreadyUploaded(round)) return 1; // the coordinator has not seen our upload yet

@@ -145,8 +145,8 @@ export function observe(model: Mlp, x: Float32Array, labels: Int32Array): { loss
 }
 
 /**
- * Add the gradients of `sum(losses) / weight` over one batch to `grads` (keyed like
- * `parameters`); returns the batch's summed loss.
+ * Add the gradients of `sum(losses) / weight` over one batch to `grads`, for the parameters it
+ * has a key of (`parameters`' keys: a frozen one has none); returns the batch's summed loss.
  */
 export function accumulateGradients(model: Mlp, x: Float32Array, labels: Int32Array, weight: number,
   grads: Map<string, Float32Array>): number {
@@ -175,16 +175,22 @@ export function accumulateGradients(model: Mlp, x: Float32Array, labels: Int32Ar
     }
     const prefix = KEY_PREFIX + layer.name;
     let lowRankGrad: Float32Array | null = null;
+    const gradOf = (suffix: string) => grads.get(`${prefix}.${suffix}`);
     if (layer.mode === "full") {
-      addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, grads.get(`${prefix}.weight`)!);
-      const bias = grads.get(`${prefix}.bias`)!;
-      for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) bias[o] += grad[row * layer.dOut + o];
+      const weightGrad = gradOf("weight");
+      const biasGrad = gradOf("bias");
+      if (weightGrad) addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, weightGrad);
+      if (biasGrad) {
+        for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) biasGrad[o] += grad[row * layer.dOut + o];
+      }
     } else if (layer.mode === "lora") {
       const r = model.rank;
-      addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index]!, r, grads.get(`${prefix}.lora_B.weight`)!, model.scale);
+      const bGrad = gradOf("lora_B.weight");
+      if (bGrad) addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index]!, r, bGrad, model.scale);
       lowRankGrad = new Float32Array(n * r);
       addTimes(grad, n, layer.dOut, layer.b!, r, lowRankGrad, model.scale);
-      addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, grads.get(`${prefix}.lora_A.weight`)!);
+      const aGrad = gradOf("lora_A.weight");
+      if (aGrad) addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, aGrad);
     }
     if (index === 0) break;
     const next = new Float32Array(n * layer.dIn);

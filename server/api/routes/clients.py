@@ -33,7 +33,7 @@ from server.api.deps import (
 )
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
 from server.api.routes.rounds import train_task
-from server.db.models import Client, utcnow
+from server.db.models import utcnow
 from server.db.session import read_scope, session_scope
 from server.notify import Waiters
 from server.schemas.api import (
@@ -48,7 +48,7 @@ from server.schemas.api import (
 )
 from server.services import adapters, client_tasks, enrolment
 from server.services.enrolment import seen_is_stale
-from server.services.known_clients import KnownClient, KnownClients
+from server.services.known_clients import ClientRef, KnownClient, KnownClients
 from server.services.runtime import Runtime
 
 router = APIRouter(
@@ -163,7 +163,7 @@ WAIT_DESCRIPTION = (
 )
 
 
-def _own_view(session: Session, client: Client | KnownClient) -> ClientTask:
+def _own_view(session: Session, client: ClientRef) -> ClientTask:
     """The client's task from a read of its own assignment."""
     view = client_tasks.read_view(session, client.job_id, client.id)
     task = client_tasks.task_of(view, client.id)
@@ -181,8 +181,7 @@ def _first_task(
 ) -> tuple[KnownClient, ClientTask]:
     """A credential this process has not authenticated yet: the client and its own task in one
     read-only transaction, and the client kept in ``known``."""
-    client, task = read_as_client(runtime, token, _own_view)
-    return known.remember(token, client), task
+    return read_as_client(runtime, known, token, _own_view)
 
 
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:

@@ -25,19 +25,21 @@ from starlette.requests import ClientDisconnect
 from server import errors
 from server.api.deps import (
     BearerToken,
+    KnownClientsDep,
     RuntimeDep,
     UploadTargetDep,
     mark_seen_now,
     read_as_client,
 )
 from server.api.errors import BUSY, INVALID_INPUT, error_responses
-from server.db.models import Client, ClientUpdate
+from server.db.models import ClientUpdate
 from server.db.session import read_scope, session_scope
 from server.errors import AdapterRejected, DomainError, PayloadTooLarge, RequestTimeout
 from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
 from server.schemas.api import TrainAssignment, TrainTask, UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
+from server.services.known_clients import ClientRef
 from server.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -74,14 +76,14 @@ def train_task(assignment: TrainAssignment) -> TrainTask:
     },
 )
 def download_adapter(
-    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep
+    round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep, known: KnownClientsDep
 ) -> StreamingResponse:
     """The global adapter this round starts from, cut to the client's rank (safetensors)."""
 
-    def key_of(session: Session, client: Client) -> str:
+    def key_of(session: Session, client: ClientRef) -> str:
         return adapters.client_adapter_key(session, runtime, client, round_id)
 
-    _, key = read_as_client(runtime, token, key_of)
+    _, key = read_as_client(runtime, known, token, key_of)
     return StreamingResponse(
         runtime.store.iter_chunks(key),
         media_type="application/octet-stream",

@@ -247,16 +247,22 @@ function accumulateGradients(model, x, labels, weight, grads) {
     }
     const prefix = KEY_PREFIX + layer.name;
     let lowRankGrad = null;
+    const gradOf = (suffix) => grads.get(`${prefix}.${suffix}`);
     if (layer.mode === "full") {
-      addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, grads.get(`${prefix}.weight`));
-      const bias = grads.get(`${prefix}.bias`);
-      for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) bias[o] += grad[row * layer.dOut + o];
+      const weightGrad = gradOf("weight");
+      const biasGrad = gradOf("bias");
+      if (weightGrad) addTransposedTimes(grad, n, layer.dOut, input, layer.dIn, weightGrad);
+      if (biasGrad) {
+        for (let row = 0; row < n; row++) for (let o = 0; o < layer.dOut; o++) biasGrad[o] += grad[row * layer.dOut + o];
+      }
     } else if (layer.mode === "lora") {
       const r = model.rank;
-      addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index], r, grads.get(`${prefix}.lora_B.weight`), model.scale);
+      const bGrad = gradOf("lora_B.weight");
+      if (bGrad) addTransposedTimes(grad, n, layer.dOut, cache.lowRank[index], r, bGrad, model.scale);
       lowRankGrad = new Float32Array(n * r);
       addTimes(grad, n, layer.dOut, layer.b, r, lowRankGrad, model.scale);
-      addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, grads.get(`${prefix}.lora_A.weight`));
+      const aGrad = gradOf("lora_A.weight");
+      if (aGrad) addTransposedTimes(lowRankGrad, n, r, input, layer.dIn, aGrad);
     }
     if (index === 0) break;
     const next = new Float32Array(n * layer.dIn);
@@ -889,8 +895,9 @@ async function start(opts, emit) {
   emit({ type: "status", message: "loading the digits model" });
   const manifest = await loadManifest(assets);
   const base = { tensors: await loadBase(manifest, assets) };
-  if (opts.data.features !== manifest.features || opts.data.y.length === 0) {
-    throw new Error(`the data must hold rows of ${manifest.features} features; it has ${opts.data.features}`);
+  const { x, y, features } = opts.data;
+  if (features !== manifest.features || y.length === 0 || x.length !== y.length * features) {
+    throw new Error(`the data must hold rows of ${manifest.features} features and a label each`);
   }
   const { train, val } = holdout(opts.data);
   let credentials = state.credentials;
@@ -929,9 +936,9 @@ async function enrolDevice(api, opts, state, manifest, base, train, emit) {
 async function step(s) {
   const t = await task(s.api, TASK_WAIT_S);
   if (t.action === "finished") return t.status;
-  if (t.action === "wait") {
+  if (t.action !== "train") {
     s.emit({ type: "status", message: `waiting: ${t.reason}` });
-    return t.retry_after;
+    return t.retry_after ?? 1;
   }
   const round = t.round_number;
   if (s.state.alreadyUploaded(round)) return 1;
