@@ -1,5 +1,7 @@
-/** Bytes as text for Storage (base64), and their SHA-256 (SubtleCrypto) as the coordinator
- * compares it (`Flaas-Content-Sha256`: lowercase hex). */
+/** Bytes as text for Storage (base64), and their SHA-256 as the coordinator compares it
+ * (`Flaas-Content-Sha256`: lowercase hex). */
+
+import { sha256 } from "./sha256.js";
 
 export function toBase64(bytes: Uint8Array): string {
   let text = "";
@@ -16,7 +18,10 @@ export function fromBase64(text: string): Uint8Array {
   return bytes;
 }
 
+/** SubtleCrypto's digest where the page has one; outside a secure context (a plain-http LAN
+ * address) the browser gives none, and the plain-TypeScript `sha256` computes the same bytes. */
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  const subtle = globalThis.crypto?.subtle;
+  const digest = subtle ? new Uint8Array(await subtle.digest("SHA-256", bytes as BufferSource)) : sha256(bytes);
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
