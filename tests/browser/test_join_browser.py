@@ -1,6 +1,7 @@
 """The join page in real browsers (Debian's Chromium) against a live coordinator: browser
 devices train the digits LoRA adapter in their tabs beside Python SDK clients, a device
-reloaded mid-round resumes as itself, and FedSA's private B stays in the browser.
+reloaded mid-round resumes as itself, one without SubtleCrypto hashes its updates in
+TypeScript, and FedSA's private B stays in the browser.
 
 Each browser device is a context of its own (its own localStorage, as on separate phones).
 """
@@ -35,12 +36,17 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 2
 JOB_TIMEOUT_S = 240
+#: The browser device that has no SubtleCrypto, as a phone on a coordinator's plain-http LAN
+#: address (browsers keep Web Crypto to secure contexts, and 127.0.0.1 is one): its client
+#: falls back to its own SHA-256 for the digits assets, its state and its uploads.
+NO_SUBTLE = 1
+WITHOUT_SUBTLE_CRYPTO = "delete Crypto.prototype.subtle;"
 
 
 @dataclass
 class MixedRun:
-    """One RBLA digits job: three browser devices (the first reloaded mid-round) and three
-    Python clients, run to its end."""
+    """One RBLA digits job: three browser devices (the first reloaded mid-round, the second
+    without SubtleCrypto) and three Python clients, run to its end."""
 
     job: dict[str, Any]
     final: dict[str, Any]
@@ -48,6 +54,8 @@ class MixedRun:
     shown: list[tuple[str, int]]  # (rank, rows of the rounds table) each page shows at the end
     reloaded_id: str
     delivered: dict[str, Any]  # the coordinator's answer to the upload cut off by the reload
+    subtle_in_page: str  # typeof crypto.subtle on the NO_SUBTLE device's page, at the end
+    sent_sha256: list[str]  # the Flaas-Content-Sha256 of every upload that device sent
     replays: list[int] = field(default_factory=list)  # statuses of uploads after the reload
     python_results: list[Any] = field(default_factory=list)
 
@@ -88,9 +96,19 @@ def mixed(
     with live.operator() as http:
         job = http.post("/api/v1/jobs", json={**spec, "name": "digits-browsers"}).json()
     contexts = [browser.new_context() for _ in range(3)]
+    contexts[NO_SUBTLE].add_init_script(WITHOUT_SUBTLE_CRYPTO)
     try:
         pages = [open_join_page(context, live, job) for context in contexts]
         screenshot(pages[0], "join")
+        sent_sha256: list[str] = []
+        pages[NO_SUBTLE].on(
+            "request",
+            lambda r: (
+                sent_sha256.append(r.headers.get("flaas-content-sha256", ""))
+                if r.url.endswith("/update")
+                else None
+            ),
+        )
         state_dir = tmp_path_factory.mktemp("python-clients")
         with python_clients(live, job, range(0, 3), state_dir) as results:
             for k, page in enumerate(pages):
@@ -102,6 +120,7 @@ def mixed(
             ids = [p.inner_text("[data-testid=client-id]") for p in pages]
             rows = "[data-testid=rounds-table] tbody tr"
             shown = [(p.inner_text("[data-testid=rank]"), p.locator(rows).count()) for p in pages]
+            subtle_in_page = pages[NO_SUBTLE].evaluate("() => typeof crypto.subtle")
             for page in pages:
                 assert page.errors == [], page.errors
         with live.operator() as http:
@@ -113,6 +132,8 @@ def mixed(
             shown=shown,
             reloaded_id=ids[0],
             delivered=seen["delivered"],
+            subtle_in_page=subtle_in_page,
+            sent_sha256=sent_sha256,
             replays=seen["replays"],
             python_results=results,
         )
@@ -170,6 +191,20 @@ def test_a_device_reloaded_mid_round_resumes_and_is_counted_once(
     assert sorted(u["round"] for u in updates) == list(range(1, ROUNDS + 1))
     first = next(u for u in updates if u["round_id"] == mixed.delivered["round_id"])
     assert first["sha256"] == mixed.delivered["sha256"]
+
+
+def test_a_device_without_subtle_crypto_sends_its_updates_true_sha256(
+    mixed: MixedRun, live: LiveCoordinator
+) -> None:
+    """The client's own SHA-256 stands in for SubtleCrypto: every upload's
+    Flaas-Content-Sha256 is the hash the coordinator computed of the bytes it accepted (the
+    hash a resend after a reload is answered by), one update per round."""
+    assert mixed.subtle_in_page == "undefined"
+    device = mixed.browser_ids[NO_SUBTLE]
+    updates = [u for u in stored_updates(live, mixed.job["id"]) if u["client_id"] == device]
+    assert sorted(u["round"] for u in updates) == list(range(1, ROUNDS + 1))
+    assert mixed.sent_sha256, "the device sent no upload"
+    assert set(mixed.sent_sha256) == {u["sha256"] for u in updates}, mixed.sent_sha256
 
 
 def test_a_fedsa_browser_device_keeps_b_to_itself(browser: Any, live: LiveCoordinator) -> None:
