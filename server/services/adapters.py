@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.aggregation.keys import part_of
-from server.db.models import Client, ClientUpdate, GlobalAdapter, Job, Round, RoundStatus
-from server.errors import Conflict, Forbidden, NotFound
+from server.db.models import Client, GlobalAdapter, Job, Round, RoundStatus
+from server.errors import Conflict, NotFound
+from server.services.client_tasks import client_round
 from server.services.job_definitions import JobDefinition, job_definition
 from server.services.known_clients import ClientRef
 from server.services.runtime import Runtime
@@ -38,34 +39,25 @@ def client_adapter_key(
 
     Distributions are cached under a deterministic key per (round, rank, scale): the
     first client of each rank pays for the slicing (and the read of the round's starting
-    adapter), every other one streams a file. The rest is one read: the round and the
-    client's rank in it (its sampled rank, else its assigned one); the job's definition is
-    kept in memory (``job_definitions``).
+    adapter), every other one streams a file. The rest is one read for a sampled client: the
+    round and its update there (``client_tasks.client_round``); the job's definition is kept
+    in memory (``job_definitions``).
     """
-    row = session.execute(
-        select(Round.job_id, Round.number, ClientUpdate.rank, Client.rank)
-        .select_from(Round)
-        .join(Client, Client.id == client.id)
-        .outerjoin(
-            ClientUpdate,
-            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
-        )
-        .where(Round.id == round_id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"round {round_id} does not exist")
-    job_id, number, sampled_rank, assigned_rank = row
-    if job_id != client.job_id:
-        raise Forbidden(f"round {round_id} belongs to another job")
-    if number == 0:
+    rnd = client_round(session, client, round_id)
+    if rnd.number == 0:
         raise Conflict("round 0 holds the initial adapter and trains nobody")
-    rank = sampled_rank or assigned_rank
+    # Its rank in the round when sampled, else its assigned one (read only then).
+    rank = rnd.update.rank if rnd.update is not None else _assigned_rank(session, client.id)
     if rank is None:
         raise Conflict("this client has no rank yet: enrolment is still open")
-    job = job_definition(session, job_id)
+    job = job_definition(session, rnd.job_id)
     return _distributed(
-        rt, job, number - 1, rank, lambda: starting_adapter(session, job_id, number)
+        rt, job, rnd.number - 1, rank, lambda: starting_adapter(session, job.id, rnd.number)
     )
+
+
+def _assigned_rank(session: Session, client_id: uuid.UUID) -> int | None:
+    return session.scalar(select(Client.rank).where(Client.id == client_id))
 
 
 def latest_client_adapter_key(session: Session, rt: Runtime, client: Client) -> str:

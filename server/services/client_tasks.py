@@ -1,5 +1,5 @@
 """What a client should do now: wait, train (with everything it needs but the URLs, which the
-API adds), or stop."""
+API adds), or stop; and a round as its client's download or upload reads it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from server.db.models import (
@@ -20,13 +20,46 @@ from server.db.models import (
     UpdateStatus,
     utcnow,
 )
+from server.errors import Forbidden, NotFound
 from server.schemas.api import FinishedTask, TrainAssignment, WaitTask
+from server.services.known_clients import ClientRef
 from server.services.strategies import client_alpha, parts, spec_of, strategy_for
 
 Task = WaitTask | TrainAssignment | FinishedTask
 
 ENROLMENT_POLL_S = 2.0
 ROUND_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """A round of the client's job, and the client's update in it (None: not sampled)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    number: int
+    status: str
+    update: ClientUpdate | None
+
+
+def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> ClientRound:
+    """Round ``round_id`` and ``client``'s update in it, in one read; 404 when there is no
+    such round, 403 when it belongs to another job."""
+    row = session.execute(
+        select(Round.job_id, Round.number, Round.status, ClientUpdate)
+        .select_from(Round)
+        .outerjoin(
+            ClientUpdate,
+            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
+        )
+        .where(Round.id == round_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"round {round_id} does not exist")
+    job_id, number, status, update = row
+    if job_id != client.job_id:
+        raise Forbidden(f"round {round_id} belongs to another job")
+    return ClientRound(round_id, job_id, number, status, update)
 
 
 def _clock(at: datetime, now: datetime) -> str:

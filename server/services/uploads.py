@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from server.config import Settings
 from server.db.models import ClientUpdate, Round, RoundStatus, UpdateStatus, utcnow
 from server.db.session import after_commit
-from server.errors import Conflict, Forbidden, Gone, InvalidRequest, NotFound, PayloadTooLarge
+from server.errors import Conflict, Gone, InvalidRequest, PayloadTooLarge
 from server.limits import MAX_METRICS, MAX_SAMPLES
 from server.observability.prometheus import UPLOADS_ACCEPTED
 from server.services import rounds
+from server.services.client_tasks import client_round
 from server.services.enrolment import mark_seen
 from server.services.job_definitions import job_definition
 from server.services.known_clients import ClientRef
@@ -54,41 +54,25 @@ class UploadTarget:
 def prepare_upload(session: Session, client: ClientRef, round_id: uuid.UUID) -> UploadTarget:
     """Refuse an upload that cannot count, before a byte of it is read: one read of the round
     and the client's update in it (the job's definition is kept in memory)."""
-    row = session.execute(
-        select(Round.job_id, Round.number, Round.status, ClientUpdate)
-        .select_from(Round)
-        .outerjoin(
-            ClientUpdate,
-            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
-        )
-        .where(Round.id == round_id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"round {round_id} does not exist")
-    job_id, number, round_status, update = row
-    if job_id != client.job_id:
-        raise Forbidden(f"round {round_id} belongs to another job")
+    rnd = client_round(session, client, round_id)
+    update, number = rnd.update, rnd.number
     if update is None:
-        raise _not_sampled(number)
+        raise Conflict(
+            f"this client was not sampled for round {number}; "
+            "ask GET /api/v1/clients/me/task for its current task"
+        )
     if update.status != UpdateStatus.ACCEPTED:
-        _require_open(number, round_status, update)
+        _require_open(number, rnd.status, update)
     return UploadTarget(
         client=client,
         update_id=update.id,
         round_id=round_id,
         round_number=number,
-        job_id=job_id,
+        job_id=rnd.job_id,
         client_id=client.id,
         rank=update.rank,
-        expected=upload_spec(job_definition(session, job_id), update.rank),
+        expected=upload_spec(job_definition(session, rnd.job_id), update.rank),
         accepted_sha256=update.sha256 if update.status == UpdateStatus.ACCEPTED else None,
-    )
-
-
-def _not_sampled(number: int) -> Conflict:
-    return Conflict(
-        f"this client was not sampled for round {number}; "
-        "ask GET /api/v1/clients/me/task for its current task"
     )
 
 
