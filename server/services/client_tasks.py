@@ -35,7 +35,6 @@ ROUND_POLL_S = 1.0
 class ClientRound:
     """A round of the client's job, and the client's update in it (None: not sampled)."""
 
-    id: uuid.UUID
     job_id: uuid.UUID
     number: int
     status: str
@@ -59,7 +58,7 @@ def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> Cl
     job_id, number, status, update = row
     if job_id != client.job_id:
         raise Forbidden(f"round {round_id} belongs to another job")
-    return ClientRound(round_id, job_id, number, status, update)
+    return ClientRound(job_id, number, status, update)
 
 
 def _clock(at: datetime, now: datetime) -> str:

@@ -48,7 +48,7 @@ from server.schemas.api import (
 )
 from server.services import adapters, client_tasks, enrolment
 from server.services.enrolment import seen_is_stale
-from server.services.known_clients import ClientRef, KnownClient, KnownClients
+from server.services.known_clients import ClientRef, KnownClient
 from server.services.runtime import Runtime
 
 router = APIRouter(
@@ -176,14 +176,6 @@ def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
         return _own_view(session, client)
 
 
-def _first_task(
-    runtime: Runtime, known: KnownClients, token: str
-) -> tuple[KnownClient, ClientTask]:
-    """A credential this process has not authenticated yet: the client and its own task in one
-    read-only transaction, and the client kept in ``known``."""
-    return read_as_client(runtime, known, token, _own_view)
-
-
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
     """The view of a job that its task requests share (one read for all of them)."""
     with read_scope(runtime.sessions) as session:
@@ -221,7 +213,9 @@ async def my_task(
     since = waiters.mark()
     seen = known.get(token)
     if seen is None:
-        client, task = await run_in_threadpool(_first_task, runtime, known, token)
+        # A credential this process has not authenticated yet: the client and its own task
+        # in one read-only transaction, and the client kept in ``known``.
+        client, task = await run_in_threadpool(read_as_client, runtime, known, token, _own_view)
     else:
         client = seen
         if seen_is_stale(client, utcnow(), runtime.settings.last_seen_interval_s):
