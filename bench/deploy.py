@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,32 @@ class Deployment:
     def coordinator_cpu_s(self) -> float:
         """CPU seconds (user + system) the coordinator processes have used so far: unlike
         latencies, barely moved by other work on the machine."""
-        total = 0
-        for pid in self.coordinator_pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu_s(pid) for pid in self.coordinator_pids())
+
+    def cpu_shares(self) -> dict[str, float]:
+        """CPU seconds used so far by the coordinator, by this process (the bench's own
+        clients), by every PostgreSQL process on the machine, and by the whole machine
+        (``/proc/stat``: all but idle and iowait); subtract two to see where the cores went."""
+        postgres = 0.0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with suppress(OSError):  # a backend may exit between the listing and the read
+                    if (entry / "comm").read_text().strip() == "postgres":
+                        postgres += process_cpu_s(int(entry.name))
+        busy = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        idle = int(busy[3]) + int(busy[4])
+        return {
+            "coordinator": self.coordinator_cpu_s(),
+            "bench": time.process_time(),
+            "postgres": postgres,
+            "machine": (sum(map(int, busy)) - idle) / os.sysconf("SC_CLK_TCK"),
+        }
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

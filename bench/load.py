@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
 import random
 import signal
 import ssl
@@ -312,7 +313,8 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         enrol_s = time.perf_counter() - t0
         print(f"  enrolled {args.clients} clients in {enrol_s:.1f} s", file=sys.stderr, flush=True)
         transfers = asyncio.Semaphore(args.concurrency)
-        cpu0 = deployed.coordinator_cpu_s()
+        shares0 = deployed.cpu_shares()
+        cpu0 = shares0["coordinator"]
         t1 = time.perf_counter()
         await asyncio.gather(
             *(
@@ -321,7 +323,8 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
             )
         )
         rounds_s = time.perf_counter() - t1
-        rounds_cpu_s = deployed.coordinator_cpu_s() - cpu0
+        shares = {k: v - shares0[k] for k, v in deployed.cpu_shares().items()}
+        rounds_cpu_s = shares["coordinator"]
         stop.set()
         probe_stop.set()
         health: list[float] = probe_out.get(timeout=60)
@@ -367,6 +370,14 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         f"coordinator CPU during the rounds: {rounds_cpu_s:.1f} s for {requests} requests "
         f"({1e3 * rounds_cpu_s / max(1, requests):.1f} ms per request); enrolment "
         f"{cpu0:.1f} s including start-up"
+    )
+    cores = os.cpu_count() or 1
+    other = shares["machine"] - shares["coordinator"] - shares["bench"] - shares["postgres"]
+    print(
+        f"machine CPU during the rounds: {shares['machine']:.1f} s of {cores * rounds_s:.1f} "
+        f"({cores} cores busy {shares['machine'] / (cores * rounds_s):.0%}): coordinator "
+        f"{rounds_cpu_s:.1f}, load generator {shares['bench']:.1f}, PostgreSQL "
+        f"{shares['postgres']:.1f}, other {other:.1f} (the health probe, Redis, workers, the OS)"
     )
     print(f"\n{'request':10} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind in ("enrol", "task", "adapter", "upload", "retry"):
