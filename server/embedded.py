@@ -66,7 +66,7 @@ class EmbeddedWorker:
             sharding.release_claims(session)
             stuck = rounds.recover(session, runtime)
         if stuck:
-            log.info("re-queued %d round(s) left aggregating", stuck)
+            log.info("re-queued or started %d aggregation(s) left undone", stuck)
         self._scheduler = threading.Thread(
             target=self._run_scheduler, name="flaas-scheduler", daemon=True
         )

@@ -38,6 +38,7 @@ class ClientRound:
     job_id: uuid.UUID
     number: int
     status: str
+    sampled: int  # the round's sampled clients: all in when as many updates are accepted
     update: ClientUpdate | None
 
 
@@ -45,7 +46,7 @@ def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> Cl
     """Round ``round_id`` and ``client``'s update in it, in one read; 404 when there is no
     such round, 403 when it belongs to another job."""
     row = session.execute(
-        select(Round.job_id, Round.number, Round.status, ClientUpdate)
+        select(Round.job_id, Round.number, Round.status, Round.sampled, ClientUpdate)
         .select_from(Round)
         .outerjoin(
             ClientUpdate,
@@ -55,10 +56,10 @@ def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> Cl
     ).one_or_none()
     if row is None:
         raise NotFound(f"round {round_id} does not exist")
-    job_id, number, status, update = row
+    job_id, number, status, sampled, update = row
     if job_id != client.job_id:
         raise Forbidden(f"round {round_id} belongs to another job")
-    return ClientRound(job_id, number, status, update)
+    return ClientRound(job_id, number, status, sampled, update)
 
 
 def _clock(at: datetime, now: datetime) -> str:

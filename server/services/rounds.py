@@ -41,6 +41,7 @@ from server.db.models import (
     Round,
     RoundStatus,
     UpdateStatus,
+    utcnow,
 )
 from server.db.session import after_commit
 from server.errors import Conflict
@@ -295,8 +296,21 @@ def cancel_job(session: Session, rt: Runtime, job: Job, now: datetime) -> Job:
 
 
 def recover(session: Session, rt: Runtime) -> int:
-    """Re-queue every round left aggregating (a coordinator or worker died mid-aggregation)."""
+    """Re-queue every round left aggregating (a coordinator or worker died mid-aggregation),
+    and start every round left open with all its updates in (a coordinator died between its
+    last acceptance's commit and the count after it, ``uploads.aggregate_if_complete``);
+    returns how many."""
     stuck = list(session.scalars(select(Round.id).where(Round.status == RoundStatus.AGGREGATING)))
     for round_id in stuck:
         after_commit(session, functools.partial(rt.dispatch, round_id))
-    return len(stuck)
+    accepted = (
+        select(func.count())
+        .select_from(ClientUpdate)
+        .where(ClientUpdate.round_id == Round.id, ClientUpdate.status == UpdateStatus.ACCEPTED)
+        .scalar_subquery()
+    )
+    complete = session.scalars(
+        select(Round).where(Round.status == RoundStatus.OPEN, accepted >= Round.sampled)
+    ).all()
+    now = utcnow()
+    return len(stuck) + sum(request_aggregation(session, rt, rnd, now) for rnd in complete)

@@ -5,6 +5,13 @@ An upload counts only after the whole file passed ``validate_adapter`` and the r
 was still open when its row changed to ``accepted``. Accepted updates are immutable:
 an identical retry is answered 200 (without reading its body when its declared SHA-256 is
 the accepted one's), a different body 409, a late one 410.
+
+Uploads to one round do not wait for each other: an acceptance holds the round's row in
+share mode (``FOR SHARE``, taken by the accepting statement itself), which other acceptances
+share and which only a change of the round's status waits for. Each accepted upload then
+counts the round's updates after its commit (``aggregate_if_complete``): the last to commit
+sees them all, and the round's move to aggregating is a compare-and-set, so exactly one of
+them queues it.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from server.config import Settings
 from server.db.models import ClientUpdate, Round, RoundStatus, UpdateStatus, utcnow
-from server.db.session import after_commit
+from server.db.session import after_commit, read_scope, session_scope
 from server.errors import Conflict, Gone, InvalidRequest, PayloadTooLarge
 from server.limits import MAX_METRICS, MAX_SAMPLES
 from server.observability.prometheus import UPLOADS_ACCEPTED
@@ -44,6 +52,7 @@ class UploadTarget:
     update_id: uuid.UUID
     round_id: uuid.UUID
     round_number: int
+    round_sampled: int
     job_id: uuid.UUID
     client_id: uuid.UUID
     rank: int
@@ -68,6 +77,7 @@ def prepare_upload(session: Session, client: ClientRef, round_id: uuid.UUID) -> 
         update_id=update.id,
         round_id=round_id,
         round_number=number,
+        round_sampled=rnd.sampled,
         job_id=rnd.job_id,
         client_id=client.id,
         rank=update.rank,
@@ -148,61 +158,77 @@ class ReceivedUpdate:
 def accept_update(
     session: Session, rt: Runtime, target: UploadTarget, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
-    """Store a validated upload, count it and mark its client seen, in one transaction (the
-    upload's one commit); returns (update, created).
-
-    The round row is locked for update: it cannot start aggregating between the status
-    check and the acceptance, and two last uploads cannot each miss the other when they
-    count the accepted updates (SQLite serialises whole transactions instead).
+    """Store a validated upload, accept it and mark its client seen, in one transaction (the
+    upload's one commit); returns (update, created). Once it has committed, a created
+    update's route calls ``aggregate_if_complete``.
     """
-    # The key is content-addressed, so the blob can be stored before the locks are
-    # taken: a retry writes the same bytes to the same key, and a refused upload's
-    # blob is deleted below.
+    # The key is content-addressed, so the blob can be stored before the row changes: a
+    # retry writes the same bytes to the same key, and a refused upload's blob is deleted.
     key = update_key(target.job_id, target.round_number, target.client_id, received.sha256)
     rt.store.put_file(key, received.staged)
     try:
-        counted = _count(session, rt, target, key, received)
+        counted = _accept(session, target, key, received)
     except (Conflict, Gone):
         rt.store.delete(key)
         raise
-    # Last, after the round lock: the client row is the last lock this transaction takes.
+    # Last, after the round's: the client row is the last lock this transaction takes.
     mark_seen(session, target.client, utcnow(), rt.settings.last_seen_interval_s)
     return counted
 
 
-def _count(
-    session: Session, rt: Runtime, target: UploadTarget, key: str, received: ReceivedUpdate
+def _accept(
+    session: Session, target: UploadTarget, key: str, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
-    rnd = session.get_one(Round, target.round_id, with_for_update=True)
-    now = utcnow()
-    update = None
-    if rnd.status == RoundStatus.OPEN:  # locked: it cannot start aggregating meanwhile
-        # Accepted only if still pending; RETURNING gives the stored row without a read.
-        update = session.scalar(
-            sql_update(ClientUpdate)
-            .where(ClientUpdate.id == target.update_id, ClientUpdate.status == UpdateStatus.PENDING)
-            .values(
-                status=UpdateStatus.ACCEPTED,
-                n_samples=received.n_samples,
-                sha256=received.sha256,
-                size_bytes=received.size_bytes,
-                storage_key=key,
-                metrics=received.metrics,
-                upload_seconds=received.upload_seconds,
-                accepted_at=now,
-            )
-            .returning(ClientUpdate),
-            execution_options={"populate_existing": True},
+    # The round's row, share-locked before the update's (the order a round's close takes
+    # them in): it cannot start aggregating until this transaction ends. SQLite runs one
+    # write transaction at a time instead and ignores the lock.
+    still_open = (
+        select(Round.id)
+        .where(Round.id == target.round_id, Round.status == RoundStatus.OPEN)
+        .with_for_update(read=True)
+        .exists()
+    )
+    # Accepted only if still pending; RETURNING gives the stored row without a read.
+    update = session.scalar(
+        sql_update(ClientUpdate)
+        .where(
+            ClientUpdate.id == target.update_id,
+            ClientUpdate.status == UpdateStatus.PENDING,
+            still_open,
         )
+        .values(
+            status=UpdateStatus.ACCEPTED,
+            n_samples=received.n_samples,
+            sha256=received.sha256,
+            size_bytes=received.size_bytes,
+            storage_key=key,
+            metrics=received.metrics,
+            upload_seconds=received.upload_seconds,
+            accepted_at=utcnow(),
+        )
+        .returning(ClientUpdate),
+        execution_options={"populate_existing": True},
+    )
     if update is None:  # accepted already (a retry), missed, or the round no longer open
+        rnd = session.get_one(Round, target.round_id, populate_existing=True)
         update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
         if update.status != UpdateStatus.ACCEPTED:
             _require_open(rnd.number, rnd.status, update)
         return _identical_retry(update, rnd, received.sha256), False
     after_commit(session, UPLOADS_ACCEPTED.inc)
-    if rounds.accepted_count(session, rnd.id) >= rnd.sampled:
-        rounds.request_aggregation(session, rt, rnd, now)
     return update, True
+
+
+def aggregate_if_complete(rt: Runtime, target: UploadTarget) -> None:
+    """After an accepted upload's commit: queue the round's aggregation if every sampled
+    client's update is in (one read; a write transaction only for the round's last)."""
+    with read_scope(rt.sessions) as session:
+        if rounds.accepted_count(session, target.round_id) < target.round_sampled:
+            return
+    with session_scope(rt.sessions) as session:
+        rnd = session.get_one(Round, target.round_id)
+        if rnd.status == RoundStatus.OPEN:  # the compare-and-set is request_aggregation's
+            rounds.request_aggregation(session, rt, rnd, utcnow())
 
 
 def _identical_retry(update: ClientUpdate, rnd: Round, sha256: str) -> ClientUpdate:

@@ -1,8 +1,10 @@
 """Last uploads of a round arriving together: exactly one of them starts the aggregation.
 
-Each acceptance locks the round row before it counts the accepted updates, so two
-concurrent last uploads (PostgreSQL runs them in parallel, READ COMMITTED) cannot each
-count the other as missing and leave a complete round open until its deadline.
+Each acceptance share-locks the round row (concurrent acceptances do not wait for each
+other) and counts the accepted updates after its commit, so of two concurrent last uploads
+(PostgreSQL runs them in parallel, READ COMMITTED) the later to commit sees the other's: a
+complete round is never left open until its deadline, and the round's compare-and-set lets
+one of them queue its aggregation.
 """
 
 from __future__ import annotations

@@ -518,3 +518,23 @@ def test_recovery_redispatches_every_round_left_aggregating(recording: Recording
         assert rounds.recover(session, rt) == 1
         assert recording.dispatched == []
     assert recording.dispatched == [stuck.id]
+
+
+def test_recovery_starts_a_round_left_open_with_every_update_in(
+    recording: RecordingRuntime,
+) -> None:
+    """A coordinator that died between a round's last acceptance and the count after it."""
+    rt = recording.runtime
+    now = utcnow()
+    with session_scope(rt.sessions) as session:
+        complete = _round(session, running_job(session, rt, now).id, 1)
+        for update in _updates(session, complete.id):
+            assert _accept(session, update, now)
+        partial = _round(session, running_job(session, rt, now).id, 1)
+        assert _accept(session, _updates(session, partial.id)[0], now)
+    recording.dispatched.clear()
+    with session_scope(rt.sessions) as session:
+        assert rounds.recover(session, rt) == 1
+    assert recording.dispatched == [complete.id]
+    assert recording.read(Round, complete.id).status == RoundStatus.AGGREGATING
+    assert recording.read(Round, partial.id).status == RoundStatus.OPEN

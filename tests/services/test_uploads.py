@@ -20,6 +20,7 @@ from server.services.uploads import (
     UploadBody,
     UploadTarget,
     accept_update,
+    aggregate_if_complete,
     declare,
     parse_metrics,
     prepare_upload,
@@ -55,7 +56,10 @@ def _upload(
         upload_seconds=0.1,
     )
     with session_scope(recording.runtime.sessions) as session:
-        return accept_update(session, recording.runtime, target, received)
+        update, created = accept_update(session, recording.runtime, target, received)
+    if created:  # as the upload route does, after the acceptance's commit
+        aggregate_if_complete(recording.runtime, target)
+    return update, created
 
 
 def test_an_accepted_update_counts_and_the_last_one_starts_the_aggregation(

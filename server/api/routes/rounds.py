@@ -263,4 +263,7 @@ def _accept(
     runtime: Runtime, target: uploads.UploadTarget, received: uploads.ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
     with session_scope(runtime.sessions) as session:
-        return uploads.accept_update(session, runtime, target, received)
+        update, created = uploads.accept_update(session, runtime, target, received)
+    if created:
+        uploads.aggregate_if_complete(runtime, target)
+    return update, created
