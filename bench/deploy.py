@@ -154,16 +154,16 @@ class Deployment:
         latencies, barely moved by other work on the machine."""
         return sum(process_cpu_s(pid) for pid in self.coordinator_pids())
 
-    def cpu_shares(self) -> dict[str, float]:
+    def cpu_shares(self) -> dict[str, Any]:
         """CPU seconds used so far by the coordinator, by this process (the bench's own
-        clients), by every PostgreSQL process on the machine, and by the whole machine
-        (``/proc/stat``: all but idle and iowait); subtract two to see where the cores went."""
-        postgres = 0.0
+        clients), by each PostgreSQL process on the machine (by pid), and by the whole machine
+        (``/proc/stat``: all but idle and iowait); ``cpu_used`` subtracts two."""
+        postgres: dict[int, float] = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with suppress(OSError):  # a backend may exit between the listing and the read
                     if (entry / "comm").read_text().strip() == "postgres":
-                        postgres += process_cpu_s(int(entry.name))
+                        postgres[int(entry.name)] = process_cpu_s(int(entry.name))
         busy = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
         idle = int(busy[3]) + int(busy[4])
         return {
@@ -172,6 +172,16 @@ class Deployment:
             "postgres": postgres,
             "machine": (sum(map(int, busy)) - idle) / os.sysconf("SC_CLK_TCK"),
         }
+
+
+def cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Where the CPU went between two ``cpu_shares``: PostgreSQL counts the backends alive at
+    the end (one that exited meanwhile took its CPU time with it)."""
+    used = {k: after[k] - before[k] for k in ("coordinator", "bench", "machine")}
+    used["postgres"] = sum(
+        v - before["postgres"].get(pid, 0.0) for pid, v in after["postgres"].items()
+    )
+    return used
 
 
 def process_cpu_s(pid: int) -> float:

@@ -49,6 +49,7 @@ from bench.deploy import (  # noqa: E402
     OPERATOR,
     Deployment,
     client_stats,
+    cpu_used,
     deployment,
     job_spec,
     upload_body,
@@ -174,19 +175,20 @@ async def _client_loop(
                 record.error("upload", what)
 
 
-def probe_health(url: str, stop: Any, out: Any) -> None:
+def probe_health(url: str, parent: int, stop: Any, out: Any) -> None:
     """``/healthz`` every 50 ms on a connection of its own, in a process of its own (this
     one's event loop runs every client, and would delay the probe itself): does the
-    coordinator's event loop stay free? Puts the latencies on ``out`` once ``stop`` is set."""
+    coordinator's event loop stay free? Puts the latencies on ``out`` once ``stop`` is set;
+    gives up when its ``parent`` (the bench) has died."""
     latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=30) as http:
-        while not stop.is_set():
+        while not stop.is_set() and os.getppid() == parent:
             started = time.perf_counter()
             try:
                 http.get("/healthz").raise_for_status()
                 latencies.append(time.perf_counter() - started)
-            except httpx.TransportError:  # a closed keep-alive connection: asked again now
-                continue
+            except httpx.TransportError:  # a closed keep-alive connection, or no coordinator
+                pass
             stop.wait(0.05)
     out.put(latencies)
 
@@ -305,7 +307,9 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         spawn = multiprocessing.get_context("spawn")
         probe_stop, probe_out = spawn.Event(), spawn.Queue()
-        prober = spawn.Process(target=probe_health, args=(deployed.url, probe_stop, probe_out))
+        prober = spawn.Process(
+            target=probe_health, args=(deployed.url, os.getpid(), probe_stop, probe_out)
+        )
         prober.start()
         progress = asyncio.create_task(report_progress(http, deployed, job["id"], record, stop))
         t0 = time.perf_counter()
@@ -323,7 +327,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
             )
         )
         rounds_s = time.perf_counter() - t1
-        shares = {k: v - shares0[k] for k, v in deployed.cpu_shares().items()}
+        shares = cpu_used(shares0, deployed.cpu_shares())
         rounds_cpu_s = shares["coordinator"]
         stop.set()
         probe_stop.set()
@@ -376,7 +380,7 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
     print(
         f"machine CPU during the rounds: {shares['machine']:.1f} s of {cores * rounds_s:.1f} "
         f"({cores} cores busy {shares['machine'] / (cores * rounds_s):.0%}): coordinator "
-        f"{rounds_cpu_s:.1f}, load generator {shares['bench']:.1f}, PostgreSQL "
+        f"{rounds_cpu_s:.1f}, load generator {shares['bench']:.1f}, PostgreSQL backends "
         f"{shares['postgres']:.1f}, other {other:.1f} (the health probe, Redis, workers, the OS)"
     )
     print(f"\n{'request':10} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
