@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from server.db.models import (
@@ -156,15 +156,17 @@ def open_round(session: Session, job: Job, number: int, now: datetime) -> Round:
     return rnd
 
 
-def accepted_count(session: Session, round_id: uuid.UUID) -> int:
+def _accepted_in(round_id: Any) -> Select[int]:
+    """The count of accepted updates in the round ``round_id`` (a value or a column)."""
     return (
-        session.scalar(
-            select(func.count())
-            .select_from(ClientUpdate)
-            .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.ACCEPTED)
-        )
-        or 0
+        select(func.count())
+        .select_from(ClientUpdate)
+        .where(ClientUpdate.round_id == round_id, ClientUpdate.status == UpdateStatus.ACCEPTED)
     )
+
+
+def accepted_count(session: Session, round_id: uuid.UUID) -> int:
+    return session.scalar(_accepted_in(round_id)) or 0
 
 
 def request_aggregation(session: Session, rt: Runtime, rnd: Round, now: datetime) -> bool:
@@ -303,12 +305,7 @@ def recover(session: Session, rt: Runtime) -> int:
     stuck = list(session.scalars(select(Round.id).where(Round.status == RoundStatus.AGGREGATING)))
     for round_id in stuck:
         after_commit(session, functools.partial(rt.dispatch, round_id))
-    accepted = (
-        select(func.count())
-        .select_from(ClientUpdate)
-        .where(ClientUpdate.round_id == Round.id, ClientUpdate.status == UpdateStatus.ACCEPTED)
-        .scalar_subquery()
-    )
+    accepted = _accepted_in(Round.id).scalar_subquery()
     complete = session.scalars(
         select(Round).where(Round.status == RoundStatus.OPEN, accepted >= Round.sampled)
     ).all()

@@ -226,9 +226,8 @@ def aggregate_if_complete(rt: Runtime, target: UploadTarget) -> None:
         if rounds.accepted_count(session, target.round_id) < target.round_sampled:
             return
     with session_scope(rt.sessions) as session:
-        rnd = session.get_one(Round, target.round_id)
-        if rnd.status == RoundStatus.OPEN:  # the compare-and-set is request_aggregation's
-            rounds.request_aggregation(session, rt, rnd, utcnow())
+        # A compare-and-set: of uploads that all saw the round complete, one moves it.
+        rounds.request_aggregation(session, rt, session.get_one(Round, target.round_id), utcnow())
 
 
 def _identical_retry(update: ClientUpdate, rnd: Round, sha256: str) -> ClientUpdate:
