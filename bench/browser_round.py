@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/browser_round.py`` (``--rounds 8 --rank 8 --device
 --repeats 3``;
 ``--out bench/results/browser-round-<date>.md`` writes the protocol and the numbers there).
 
-One coordinator in this process (``EmbeddedCoordinator``: SQLite, files, in-process
+One local coordinator (``LocalCoordinator``: a child process, SQLite, files, in-process
 aggregation). Two jobs of the same spec, one after the other, never at the same time: the
 ``digits`` task's job (``task_job_spec``: Adam 1e-2, batch 16, one epoch, LoRA on fc1/fc2 and
 the head fc3 trained in full, RBLA) with one client at a **fixed rank** (``--rank``), so that
@@ -49,7 +49,7 @@ import numpy as np
 
 from client_sdk.tasks.job_spec import task_job_spec
 from server.join import join_link
-from server.local_coordinator import EmbeddedCoordinator
+from server.local_coordinator import LocalCoordinator
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def job_spec(rounds: int, rank: int) -> dict[str, Any]:
 
 
 def run_browser(
-    coordinator: EmbeddedCoordinator, spec: dict[str, Any], csv: Path, timeout_s: float
+    coordinator: LocalCoordinator, spec: dict[str, Any], csv: Path, timeout_s: float
 ) -> tuple[str, dict[str, int]]:
     """One browser device through the whole job; (job id, bytes by kind)."""
     from playwright.sync_api import sync_playwright
@@ -112,7 +112,7 @@ def run_browser(
 
 
 def run_python(
-    coordinator: EmbeddedCoordinator, spec: dict[str, Any], x: np.ndarray, y: np.ndarray
+    coordinator: LocalCoordinator, spec: dict[str, Any], x: np.ndarray, y: np.ndarray
 ) -> str:
     import torch
 
@@ -140,7 +140,7 @@ def run_python(
     return str(job["id"])
 
 
-def rounds_of(coordinator: EmbeddedCoordinator, job_id: str) -> list[tuple[float, float]]:
+def rounds_of(coordinator: LocalCoordinator, job_id: str) -> list[tuple[float, float]]:
     """(train_seconds, open-to-accepted seconds) of the job's one client, per round."""
     out = []
     with coordinator.operator() as http:
@@ -189,7 +189,7 @@ def main() -> None:
         data.mkdir()
         browser: list[list[tuple[float, float]]] = []
         python: list[list[tuple[float, float]]] = []
-        with EmbeddedCoordinator(data) as coordinator:
+        with LocalCoordinator(data) as coordinator:
             for _ in range(args.repeats):  # alternating, so that a busy spell hits both
                 browser_job, weight = run_browser(coordinator, spec, csv, args.timeout)
                 browser.append(rounds_of(coordinator, browser_job))

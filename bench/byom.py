@@ -3,7 +3,7 @@
 Usage: ``.venv/bin/python bench/byom.py [--clients 4] [--rounds 5] [--hidden 64]``
 
 1. **Causal-LM job.** A Llama built from a small config (``--hidden``, 2 layers) and saved with
-   ``save_pretrained`` is "the user's model". An embedded coordinator runs a job on it; each of
+   ``save_pretrained`` is "the user's model". A local coordinator runs a job on it; each of
    ``--clients`` devices is a real ``flaas client join --model DIR --data FILE`` process.
    Reported per round: the wall time (round opened to closed), the slowest client's training
    time (its ``train_seconds``: the round cannot close before it) and the rest (downloads,
@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.local_coordinator import EmbeddedCoordinator  # noqa: E402
+from server.local_coordinator import LocalCoordinator  # noqa: E402
 from tests.hf_models import tiny_llama, write_causal_lm_jsonl  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def causal_lm_job(clients: int, rounds: int, hidden: int, workdir: Path) -> dict
         "training": {"epochs": 1, "lr": 3e-3, "batch_size": 8, "optimizer": "adamw"},
         "seed": 1,
     }
-    with EmbeddedCoordinator(workdir / "coordinator") as coordinator:
+    with LocalCoordinator(workdir / "coordinator") as coordinator:
         with coordinator.operator() as http:
             job = http.post("/api/v1/jobs", json=spec).raise_for_status().json()
         started = time.monotonic()

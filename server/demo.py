@@ -1,8 +1,9 @@
 """``flaas demo``: the whole product on one machine with one command.
 
-Starts the embedded coordinator (uvicorn on a free local port, SQLite and adapter files in a
-temporary directory or ``--data-dir``), creates a job for a built-in task, runs simulated SDK
-clients over real HTTP, prints one line per closed round and a summary table.
+Starts a local coordinator (``flaas serve`` in a child process on a free local port, SQLite
+and adapter files in a temporary directory or ``--data-dir``, aggregation in that process),
+creates a job for a built-in task, runs simulated SDK clients over real HTTP in this process,
+prints one line per closed round and a summary table.
 
 Accuracy per round: strategies with a global model (rbla, fedit, ffa, flexlora, ...) are scored
 by downloading the round's global adapter (rank R, scale-folded, so it is loaded at scale 1)
@@ -19,11 +20,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.local_coordinator import EmbeddedCoordinator
+from server.local_coordinator import LocalCoordinator
 
 if TYPE_CHECKING:  # imported inside the functions: `flaas --help` must stay light
     import httpx
@@ -175,11 +177,18 @@ def run_demo(
             equal_ranks=equal_ranks,
         )  # fmt: skip
     strategy, rounds = spec["strategy"], spec["rounds"]
-    with EmbeddedCoordinator(workdir) as coordinator, coordinator.operator() as http:
+    coordinator = LocalCoordinator(workdir).start()
+    # Built on a thread while the coordinator starts and reads the job's model: seconds of
+    # imports on each side, in two processes.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="flaas-demo-evaluator")
+    evaluator_built = pool.submit(Evaluator, task, strategy, spec["rank"]["r_max"])
+    pool.shutdown(wait=False)
+    with coordinator, coordinator.operator() as http:
         response = http.post("/api/v1/jobs", json=spec)
         if response.status_code != 201:
             raise SystemExit(f"error: the job was refused: {response.text}")
         job = response.json()
+        evaluator = evaluator_built.result()
         out(f"coordinator  {coordinator.url}   (data in {workdir})")
         out(f"dashboard    {coordinator.url}/dashboard   operator key: {coordinator.operator_key}")
         out(
@@ -187,7 +196,6 @@ def run_demo(
             f"Dirichlet alpha={alpha}, ranks {spec['rank']['policy']} "
             f"[{spec['rank']['r_min']}, {spec['rank']['r_max']}]"
         )
-        evaluator = Evaluator(task, strategy, spec["rank"]["r_max"])
         stop = threading.Event()
         outcome: dict[str, Any] = {}
 
