@@ -88,6 +88,10 @@ class ModelNotFound(ValueError):
     """The model named by a spec or a ``--model`` argument is not where it was looked for."""
 
 
+#: A path or a hub id never holds one (and a NUL byte is an error in any path call).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+
+
 class ModelSpec(BaseModel):
     """The ``model`` section of a job spec: which model, its task, and what LoRA adapts."""
 
@@ -96,11 +100,15 @@ class ModelSpec(BaseModel):
     source: str = Field(
         min_length=1,
         max_length=500,
+        pattern=NO_CONTROL_CHARACTERS,
         description="A local directory with config.json, a Hugging Face model id in the local "
         f"cache, or a built-in demo model ({BUILTIN_SOURCES}).",
     )
     revision: str | None = Field(
-        default=None, max_length=200, description="Hub revision (branch, tag or commit)."
+        default=None,
+        max_length=200,
+        pattern=NO_CONTROL_CHARACTERS,
+        description="Hub revision (branch, tag or commit).",
     )
     task_type: TaskType = Field(
         default="CAUSAL_LM",

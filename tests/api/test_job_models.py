@@ -135,6 +135,12 @@ def test_a_missing_model_is_a_422_that_says_where_it_looked(
         headers=operator(api),
     )
     assert both.status_code == 422 and "not both" in both.json()["detail"]
+    # A NUL byte (found by the schema fuzzer: it was a 500 from the path lookup) or another
+    # control character is in no path and no hub id.
+    for source, revision in [("\x00", None), ("acme/model\n", None), ("acme/model", "main\x00")]:
+        bad = create(api, {"source": source, "revision": revision, "task_type": "CAUSAL_LM"})
+        assert bad.status_code == 422, bad.text
+        assert "body.model." in bad.json()["detail"]
 
 
 def test_devices_read_the_model_and_a_different_one_cannot_enrol(
