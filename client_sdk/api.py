@@ -213,11 +213,17 @@ class ApiClient:
         name: str | None = None,
         max_rank: int | None = None,
         model_sha256: str | None = None,
+        credential: str | None = None,
     ) -> dict[str, Any]:
-        """``POST /api/v1/jobs/{id}/clients``: ``{client_id, job_id, credential, rank}``."""
+        """``POST /api/v1/jobs/{id}/clients``: ``{client_id, job_id, credential, rank}``.
+
+        With a ``credential`` drawn by the device the request is safe to retry: the same
+        enrolment again answers 200 with the same client."""
         payload: dict[str, Any] = {"stats": dict(stats)}
         if model_sha256 is not None:
             payload["model_sha256"] = model_sha256
+        if credential is not None:
+            payload["credential"] = credential
         if name is not None:
             payload["name"] = name
         if max_rank is not None:

@@ -127,6 +127,7 @@ class Client:
                 name=self.name,
                 max_rank=self.max_rank,
                 model_sha256=model_sha256,
+                credential=self.state.enrolment_credential(),
             )
             stored = Credentials(str(enrolled["client_id"]), str(enrolled["credential"]), self.name)
             self.state.save_credentials(stored.client_id, stored.token, stored.name)

@@ -3,6 +3,7 @@
 Layout of a state directory (one per coordinator + job, see :meth:`DeviceState.for_job`)::
 
     credentials.json   client id, token and the name it enrolled with (0600)
+    enrolment.json     the credential drawn for an enrolment not answered yet (0600)
     progress.json      last round whose upload the coordinator accepted, and its sha256
     pending.safetensors / pending.json   an update trained but not yet accepted
     private.safetensors                  tensors that never leave the device (FedSA's B, head)
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     import torch
 
 _CREDENTIALS = "credentials.json"
+_ENROLMENT = "enrolment.json"
+#: What a client credential starts with (docs/protocol.md, "Authentication").
+CREDENTIAL_PREFIX = "flc_"
 _PROGRESS = "progress.json"
 _JOB = "job.json"
 _PENDING_META = "pending.json"
@@ -125,10 +130,24 @@ class DeviceState:
 
     # ------------------------------------------------------------------ credentials
 
+    def enrolment_credential(self) -> str:
+        """The credential to enrol with: drawn once (256 random bits) and stored before the
+        enrolment is sent, so that enrolling again after a lost answer, or after a restart,
+        sends the same one and gets the same client back (docs/protocol.md, "2. Enrolment").
+        ``save_credentials`` then replaces it."""
+        data = self._read_json(_ENROLMENT)
+        if data is not None and isinstance(data.get("token"), str):
+            return str(data["token"])
+        token = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        self._write_json(_ENROLMENT, {"token": token})
+        return token
+
     def save_credentials(self, client_id: str, token: str, name: str | None = None) -> None:
         """Store the client id, its secret token and its name (file mode 0600)."""
         data = {"client_id": str(client_id), "token": str(token), "name": name}
         self._write_json(_CREDENTIALS, data)
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / _ENROLMENT).unlink()
 
     def load_credentials(self) -> Credentials | None:
         """The stored credentials, or None before the client has joined."""

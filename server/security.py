@@ -19,6 +19,9 @@ from collections.abc import Iterable
 
 JOIN_TOKEN_PREFIX = "flj_"
 CLIENT_CREDENTIAL_PREFIX = "flc_"
+#: A credential a device drew itself and sends with its enrolment (``EnrolRequest.credential``):
+#: the format of ``new_secret``'s, at least as long.
+CLIENT_CREDENTIAL_PATTERN = r"^flc_[A-Za-z0-9_-]{43,128}$"
 SESSION_COOKIE = "flaas_session"
 SESSION_SECONDS = 12 * 3600
 MAX_SESSION_CHARS = 256  # an issued session token has about 96

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from client_sdk.model_spec import ModelSpec
 from server.limits import MAX_SAMPLES
 from server.schemas.job_spec import JobSpec, TrainingSettings
+from server.security import CLIENT_CREDENTIAL_PATTERN
 
 T = TypeVar("T")
 
@@ -80,6 +81,15 @@ class EnrolRequest(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="SHA-256 of the device's model config (client_sdk.model_spec.config_sha256); "
         "enrolment is refused (409) when it differs from the job's model.",
+    )
+    credential: str | None = Field(
+        default=None,
+        pattern=CLIENT_CREDENTIAL_PATTERN,
+        description="The credential this device drew itself (`flc_` + at least 43 URL-safe "
+        "characters: 256 random bits), kept on the device before it sends the request. "
+        "Enrolling again with it (an answer lost on the way) answers 200 with the client it "
+        "enrolled, whatever happened to the job since. Without it the coordinator draws the "
+        "credential, and enrolling again is a second client (or 409 for a taken name).",
     )
 
 

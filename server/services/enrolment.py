@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -22,12 +23,18 @@ from server.services.strategies import exchanged_parts, spec_of, strategy_for
 
 def enrol_client(
     session: Session, rt: Runtime, job_id: uuid.UUID, join_token: str, request: EnrolRequest
-) -> tuple[Client, str]:
-    """Enrol a client; returns it and its credential (shown once, stored hashed).
+) -> tuple[Client, str, bool]:
+    """Enrol a client; returns it, its credential (shown once, stored hashed) and whether it
+    is new: a request with the credential of a client already enrolled in this job under the
+    same name is that enrolment again (its answer was lost), and gets that client back.
 
     Enrolment that reaches the job's target size starts the job in the same transaction.
     """
     job = job_for_join_token(session, job_id, join_token, lock=True)
+    if request.credential is not None:
+        enrolled_before = _enrolled_with(session, job, request.credential, request.name)
+        if enrolled_before is not None:
+            return enrolled_before, request.credential, False
     spec = spec_of(job)
     if JobStatus(job.status).ended:
         raise Gone(f"job {job.id} is {job.status}; it accepts no more clients")
@@ -51,7 +58,7 @@ def enrol_client(
             f"strategy {job.strategy} trains every client at rank {spec.rank.default}; "
             f"this device's max_rank {request.max_rank} is below it"
         )
-    credential = new_secret(CLIENT_CREDENTIAL_PREFIX)
+    credential = request.credential or new_secret(CLIENT_CREDENTIAL_PREFIX)
     now = utcnow()
     client = Client(
         job_id=job.id,
@@ -63,14 +70,28 @@ def enrol_client(
         last_seen_at=now,
     )
     session.add(client)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the same drawn credential, enrolling in another job meanwhile
+        raise Conflict("this credential belongs to another enrolment; draw a new one") from None
     if job.status == JobStatus.RUNNING:
         ranking.rank_late_joiner(job, spec, client)
     elif (
         spec.enrolment.target_clients is not None and enrolled + 1 >= spec.enrolment.target_clients
     ):
         rounds.start_job(session, rt, job, now)
-    return client, credential
+    return client, credential, True
+
+
+def _enrolled_with(session: Session, job: Job, credential: str, name: str | None) -> Client | None:
+    """The client ``credential`` enrolled, when it is this job's under ``name``; None when the
+    credential is new; 409 when it is another client's (another job's, another name)."""
+    client = session.scalar(select(Client).where(Client.credential_hash == hash_secret(credential)))
+    if client is None:
+        return None
+    if client.job_id != job.id or client.name != name:
+        raise Conflict("this credential belongs to another enrolment; draw a new one")
+    return client
 
 
 def _check_name_free(session: Session, job: Job, name: str | None) -> None:

@@ -32,6 +32,16 @@ def test_credentials_survive_a_restart_with_private_permissions(tmp_path):
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["credentials.json"]  # no temp files
 
 
+def test_the_enrolment_credential_is_drawn_once_kept_private_and_replaced_on_enrolment(tmp_path):
+    drawn = DeviceState(tmp_path).enrolment_credential()
+    assert drawn.startswith("flc_") and len(drawn) == 4 + 43
+    assert DeviceState(tmp_path).enrolment_credential() == drawn  # after a restart: the same
+    assert stat.S_IMODE(os.stat(tmp_path / "enrolment.json").st_mode) == 0o600
+    DeviceState(tmp_path).save_credentials("c1", drawn, "phone")
+    assert not (tmp_path / "enrolment.json").exists()
+    assert DeviceState(tmp_path).enrolment_credential() != drawn  # a next enrolment: new
+
+
 def test_credentials_keep_the_enrolled_name_and_read_files_without_one(tmp_path):
     DeviceState(tmp_path / "s").save_credentials("client-7", "s3cret", name="phone-1")
     assert DeviceState(tmp_path / "s").load_credentials() == Credentials(

@@ -94,3 +94,47 @@ def test_coordinator_killed_mid_round_loses_and_double_counts_nothing(
     assert sorted(u["sha256"] for u in closed["updates"]) == sorted(
         r.json()["sha256"] for r in (first, second, third)
     )
+
+
+class LosesEnrolmentAnswers(httpx.HTTPTransport):
+    """A network that delivers the first ``lost`` enrolments and loses their answers."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method == "POST" and request.url.path.endswith("/clients") and self.lost:
+            self.lost -= 1
+            response.read()
+            response.close()
+            raise httpx.ReadError("connection reset before the answer arrived", request=request)
+        return response
+
+
+def test_an_sdk_client_whose_enrolment_answer_is_lost_gets_the_same_client(
+    live: LiveCoordinator, tmp_path: Path
+) -> None:
+    from client_sdk import Client
+    from client_sdk.api import ApiClient, RetryPolicy
+
+    with live.operator() as http:
+        job = http.post("/api/v1/jobs", json=job_spec(rounds=1)).json()
+
+    def device(lost: int) -> Client:
+        transport = LosesEnrolmentAnswers(lost)
+        api = ApiClient(live.url, transport=transport, retry=RetryPolicy(attempts=3, base_s=0.01))
+        return Client(live.url, job["id"], join_token=job["join_token"], state_dir=tmp_path,
+                      name="phone-1", api=api)  # fmt: skip
+
+    # Every attempt's answer lost: the device gives up, its drawn credential kept on disk.
+    with pytest.raises(Exception, match="failed 3 times"):
+        device(lost=3).join({"n_samples": 30, "label_entropy": 0.5})
+    # Restarted, the network loses one more answer, then delivers: one client, the same one.
+    joined = device(lost=1).join({"n_samples": 30, "label_entropy": 0.5})
+    with live.operator() as http:
+        clients = http.get(f"/api/v1/jobs/{job['id']}/clients").json()["items"]
+    assert [(c["id"], c["name"]) for c in clients] == [(joined.client_id, "phone-1")]
+    with live.client(joined.token) as http:
+        assert http.get("/api/v1/clients/me/task").status_code == 200

@@ -3,6 +3,7 @@ the job's model, enrolment and each of its refusals, every task kind, and the lo
 
 from __future__ import annotations
 
+import secrets
 import threading
 import uuid
 from typing import Any
@@ -112,6 +113,38 @@ def test_enrolment_refusals_say_what_to_change(live: LiveCoordinator, http: http
     assert enrol(http, job, 0).status_code == 201
     taken = enrol(http, job, 0)  # the same name again
     assert taken.status_code == 409 and "already has a client named" in taken.json()["detail"]
+
+
+def test_an_enrolment_with_a_drawn_credential_sent_again_gets_the_same_client(
+    live: LiveCoordinator, http: httpx.Client
+) -> None:
+    job = create_job(live, enrolment={"min_clients": 1, "target_clients": 2, "timeout_s": 300,
+                                      "allow_late_join": False})  # fmt: skip
+    drawn = "flc_" + secrets.token_urlsafe(32)
+    first = enrol(http, job, 0, credential=drawn)
+    assert first.status_code == 201, first.text
+    assert first.json()["credential"] == drawn
+    # Its answer was lost: the device sends the same enrolment again, even after the job
+    # started (the second device completed the cohort) and took no more late joiners.
+    assert enrol(http, job, 1).status_code == 201
+    again = enrol(http, job, 0, credential=drawn)
+    assert again.status_code == 200, again.text
+    assert again.json()["client_id"] == first.json()["client_id"]
+    assert again.json()["rank"] is not None  # assigned when the job started
+    with live.operator() as operator:
+        listed = operator.get(f"/api/v1/jobs/{job['id']}/clients").json()["items"]
+    assert len(listed) == 2  # no second client
+    task = http.get("/api/v1/clients/me/task", headers=bearer(drawn))
+    assert task.status_code == 200 and task.json()["action"] == "train", task.text
+
+    # The same credential under another name, or in another job, is someone else's enrolment.
+    renamed = enrol(http, job, 0, credential=drawn, name="device-renamed")
+    assert renamed.status_code == 409 and "another enrolment" in renamed.json()["detail"]
+    elsewhere = enrol(http, create_job(live), 0, credential=drawn)
+    assert elsewhere.status_code == 409 and "another enrolment" in elsewhere.json()["detail"]
+    # A drawn credential has the coordinator's format and strength.
+    for weak in ("flc_short", "abc_" + secrets.token_urlsafe(32), "flc_" + "x" * 42, 123):
+        assert enrol(http, job, 3, credential=weak).status_code == 422
 
 
 def test_a_device_declares_its_capacity_and_late_joiners_get_a_rank_at_once(

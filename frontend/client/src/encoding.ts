@@ -11,6 +11,11 @@ export function toBase64(bytes: Uint8Array): string {
   return btoa(text);
 }
 
+/** URL-safe base64 without padding (Python's `secrets.token_urlsafe`). */
+export function toBase64Url(bytes: Uint8Array): string {
+  return toBase64(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 export function fromBase64(text: string): Uint8Array {
   const raw = atob(text);
   const bytes = new Uint8Array(raw.length);

@@ -136,7 +136,8 @@ async function enrolDevice(api: Coordinator, opts: JoinOptions, state: DeviceSta
   const { losses } = observe(baseModel(base, frozen, 0, 0), train.x, train.y);
   const stats = complexityStats(train.y, losses, manifest.num_labels);
   const enrolled = await enrol(api, opts.jobId, opts.joinToken, {
-    stats, model_sha256: manifest.config_sha256, ...(opts.deviceName ? { name: opts.deviceName } : {}),
+    stats, model_sha256: manifest.config_sha256, credential: state.enrolmentCredential(),
+    ...(opts.deviceName ? { name: opts.deviceName } : {}),
   });
   const credentials = { client_id: enrolled.client_id, token: enrolled.credential, name: opts.deviceName || null };
   state.saveCredentials(credentials, stats);

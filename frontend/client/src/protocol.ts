@@ -71,9 +71,10 @@ export function jobModel(api: Coordinator, jobId: string, joinToken: string): Pr
   return api.json("GET", `/api/v1/jobs/${encodeURIComponent(jobId)}/model`, { token: joinToken });
 }
 
-/** `POST /api/v1/jobs/{id}/clients`: enrol with the statistics; the credential is shown once. */
+/** `POST /api/v1/jobs/{id}/clients`: enrol with the statistics and the credential the device
+ * drew (safe to send again: the same enrolment answers 200 with the same client). */
 export function enrol(api: Coordinator, jobId: string, joinToken: string, body: {
-  stats: ComplexityStats; name?: string; model_sha256: string;
+  stats: ComplexityStats; name?: string; model_sha256: string; credential: string;
 }): Promise<Enrolled> {
   return api.json("POST", `/api/v1/jobs/${encodeURIComponent(jobId)}/clients`, {
     token: joinToken, headers: JSON_HEADERS, body: JSON.stringify(body),

@@ -3,8 +3,9 @@
  * surviving reloads: what client_sdk.state keeps in its state directory, in ONE entry
  *
  *     key   "flaas-client:<coordinator origin>:<job id>"   (stateKey)
- *     value JSON { version, credentials: {client_id, token, name}, stats, accepted: {round,
- *           sha256}, pending: {round, sha256, info, update (base64)}, private (base64) }
+ *     value JSON { version, credentials: {client_id, token, name}, enrolment (a drawn
+ *           credential not answered yet), stats, accepted: {round, sha256}, pending: {round,
+ *           sha256, info, update (base64)}, private (base64) }
  *
  * `private` is safetensors bytes of the tensors that never leave the device (FedSA's B and
  * head). One `setItem` replaces the whole entry, so a reload at any point finds the old state
@@ -14,7 +15,7 @@
  * them once) instead of training the round again.
  */
 
-import { fromBase64, sha256Hex, toBase64 } from "./encoding.js";
+import { fromBase64, sha256Hex, toBase64, toBase64Url } from "./encoding.js";
 import type { ComplexityStats } from "./stats.js";
 
 export const STATE_VERSION = 1;
@@ -39,6 +40,7 @@ export interface PendingInfo {
 interface Stored {
   version: number;
   credentials: Credentials | null;
+  enrolment: string | null;
   stats: ComplexityStats | null;
   accepted: { round: number; sha256: string } | null;
   pending: { round: number; sha256: string; info: PendingInfo; update: string } | null;
@@ -54,7 +56,7 @@ export class DeviceState {
 
   constructor(private readonly storage: Storage, readonly key: string) {
     const raw = storage.getItem(key);
-    const empty: Stored = { version: STATE_VERSION, credentials: null, stats: null, accepted: null, pending: null, private: null };
+    const empty: Stored = { version: STATE_VERSION, credentials: null, enrolment: null, stats: null, accepted: null, pending: null, private: null };
     if (raw === null) {
       this.state = empty;
       return;
@@ -80,8 +82,18 @@ export class DeviceState {
     return this.state.stats;
   }
 
+  /** The credential to enrol with: drawn once (256 random bits) and stored before the
+   * enrolment is sent, so that the same enrolment sent again after a lost answer or a reload
+   * gets the same client back (docs/protocol.md, "2. Enrol"). `saveCredentials` replaces it. */
+  enrolmentCredential(): string {
+    if (this.state.enrolment !== null) return this.state.enrolment;
+    const enrolment = "flc_" + toBase64Url(crypto.getRandomValues(new Uint8Array(32)));
+    this.write({ enrolment });
+    return enrolment;
+  }
+
   saveCredentials(credentials: Credentials, stats: ComplexityStats): void {
-    this.write({ credentials, stats });
+    this.write({ credentials, stats, enrolment: null });
   }
 
   /** True when an upload for `round` (or a later one) was accepted. */

@@ -55,3 +55,14 @@ test("state of another version is refused, not misread", () => {
   storage.setItem("k", JSON.stringify({ version: 99 }));
   assert.throws(() => new DeviceState(storage, "k"), /version 99/);
 });
+
+test("the enrolment credential is drawn once, survives a reload and is replaced on enrolment", () => {
+  const storage = new MemoryStorage();
+  const key = stateKey("http://coordinator:8000", "job-1");
+  const drawn = new DeviceState(storage, key).enrolmentCredential();
+  assert.match(drawn, /^flc_[A-Za-z0-9_-]{43}$/); // the coordinator's format, 256 bits
+  assert.equal(new DeviceState(storage, key).enrolmentCredential(), drawn); // after a reload
+  new DeviceState(storage, key).saveCredentials({ client_id: "c1", token: drawn, name: null },
+    { n_samples: 9, label_entropy: 0.5, gini_simpson: 0.4, loss_entropy: null });
+  assert.notEqual(new DeviceState(storage, key).enrolmentCredential(), drawn); // a next enrolment
+});

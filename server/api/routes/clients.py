@@ -16,7 +16,7 @@ import uuid
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -92,35 +92,46 @@ def join_facts(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) 
     "/jobs/{job_id}/clients",
     status_code=201,
     response_model=Enrolled,
-    responses=error_responses(
-        BODY_NOT_JSON,
-        errors.Unauthorized,
-        errors.Conflict,
-        errors.Gone,
-        errors.InvalidRequest,
-        INVALID_INPUT,
-        notes={
-            401: "No such job, or not its join token (one answer for both)",
-            409: "The name is taken, the job is full, or the device's model is not the job's",
-            410: "The job has ended, or started and takes no late joiners",
-        },
-    ),
+    responses={
+        200: {"model": Enrolled, "description": "The same enrolment again (same credential)"},
+        **error_responses(
+            BODY_NOT_JSON,
+            errors.Unauthorized,
+            errors.Conflict,
+            errors.Gone,
+            errors.InvalidRequest,
+            INVALID_INPUT,
+            notes={
+                401: "No such job, or not its join token (one answer for both)",
+                409: "The name is taken, the job is full, the device's model is not the job's, "
+                "or its credential is another enrolment's",
+                410: "The job has ended, or started and takes no late joiners",
+            },
+        ),
+    },
 )
 def enrol(
     job_id: uuid.UUID,
     body: EnrolRequest,
     join_token: BearerToken,
     runtime: RuntimeDep,
+    response: Response,
 ) -> Enrolled:
     """Enrol a device with the job's join token (``Authorization: Bearer <join token>``).
 
-    The response holds the client's own credential, shown only once. A ``name`` is the
-    client's identity in the job (docs/algorithms.md, "Reproducibility"): 409 when taken.
+    The response holds the client's own credential, shown only once; a device that drew its
+    own (``credential``) and sends the same enrolment again gets the same client, 200. A
+    ``name`` is the client's identity in the job (docs/algorithms.md, "Reproducibility"):
+    409 when taken.
     """
     # The job row stays locked from the enrolment's first query to this commit: both happen
     # here, on this thread, before anything goes back to the event loop.
     with session_scope(runtime.sessions) as session:
-        client, credential = enrolment.enrol_client(session, runtime, job_id, join_token, body)
+        client, credential, created = enrolment.enrol_client(
+            session, runtime, job_id, join_token, body
+        )
+        if not created:
+            response.status_code = 200
         return Enrolled(
             client_id=client.id, job_id=client.job_id, credential=credential, rank=client.rank
         )

@@ -133,6 +133,9 @@ function toBase64(bytes) {
   }
   return btoa(text);
 }
+function toBase64Url(bytes) {
+  return toBase64(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
 function fromBase64(text) {
   const raw = atob(text);
   const bytes = new Uint8Array(raw.length);
@@ -920,7 +923,7 @@ var DeviceState = class {
     this.storage = storage;
     this.key = key;
     const raw = storage.getItem(key);
-    const empty = { version: STATE_VERSION, credentials: null, stats: null, accepted: null, pending: null, private: null };
+    const empty = { version: STATE_VERSION, credentials: null, enrolment: null, stats: null, accepted: null, pending: null, private: null };
     if (raw === null) {
       this.state = empty;
       return;
@@ -943,8 +946,17 @@ var DeviceState = class {
   get stats() {
     return this.state.stats;
   }
+  /** The credential to enrol with: drawn once (256 random bits) and stored before the
+   * enrolment is sent, so that the same enrolment sent again after a lost answer or a reload
+   * gets the same client back (docs/protocol.md, "2. Enrol"). `saveCredentials` replaces it. */
+  enrolmentCredential() {
+    if (this.state.enrolment !== null) return this.state.enrolment;
+    const enrolment = "flc_" + toBase64Url(crypto.getRandomValues(new Uint8Array(32)));
+    this.write({ enrolment });
+    return enrolment;
+  }
   saveCredentials(credentials, stats) {
-    this.write({ credentials, stats });
+    this.write({ credentials, stats, enrolment: null });
   }
   /** True when an upload for `round` (or a later one) was accepted. */
   alreadyUploaded(round) {
@@ -1053,6 +1065,7 @@ async function enrolDevice(api, opts, state, manifest, base, train, emit) {
   const enrolled = await enrol(api, opts.jobId, opts.joinToken, {
     stats,
     model_sha256: manifest.config_sha256,
+    credential: state.enrolmentCredential(),
     ...opts.deviceName ? { name: opts.deviceName } : {}
   });
   const credentials = { client_id: enrolled.client_id, token: enrolled.credential, name: opts.deviceName || null };
