@@ -87,6 +87,11 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.close(dir_fd)
 
 
+def draw_credential() -> str:
+    """A new client credential in the coordinator's format: ``flc_`` + 256 random bits."""
+    return CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:48] or "x"
 
@@ -138,7 +143,7 @@ class DeviceState:
         data = self._read_json(_ENROLMENT)
         if data is not None and isinstance(data.get("token"), str):
             return str(data["token"])
-        token = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        token = draw_credential()
         self._write_json(_ENROLMENT, {"token": token})
         return token
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -31,17 +31,22 @@ def enrol_client(
     Enrolment that reaches the job's target size starts the job in the same transaction.
     """
     job = job_for_join_token(session, job_id, join_token, lock=True)
-    if request.credential is not None:
-        enrolled_before = _enrolled_with(session, job, request.credential, request.name)
-        if enrolled_before is not None:
-            return enrolled_before, request.credential, False
+    enrolled_before, name_taken = _identities(session, job, request)
+    if enrolled_before is not None and request.credential is not None:
+        if enrolled_before.job_id != job.id or enrolled_before.name != request.name:
+            raise Conflict("this credential belongs to another enrolment; draw a new one")
+        return enrolled_before, request.credential, False
     spec = spec_of(job)
     if JobStatus(job.status).ended:
         raise Gone(f"job {job.id} is {job.status}; it accepts no more clients")
     if job.status == JobStatus.RUNNING and not spec.enrolment.allow_late_join:
         raise Gone(f"job {job.id} has started and does not accept late joiners")
     check_same_model(spec, request.model_sha256)
-    _check_name_free(session, job, request.name)
+    if name_taken:
+        raise Conflict(
+            f"job {job.id} already has a client named {request.name!r}; choose another name, "
+            "or resume the enrolled device from its state directory instead of enrolling it again"
+        )
     enrolled = (
         session.scalar(select(func.count()).select_from(Client).where(Client.job_id == job.id)) or 0
     )
@@ -83,31 +88,22 @@ def enrol_client(
     return client, credential, True
 
 
-def _enrolled_with(session: Session, job: Job, credential: str, name: str | None) -> Client | None:
-    """The client ``credential`` enrolled, when it is this job's under ``name``; None when the
-    credential is new; 409 when it is another client's (another job's, another name)."""
-    client = session.scalar(select(Client).where(Client.credential_hash == hash_secret(credential)))
-    if client is None:
-        return None
-    if client.job_id != job.id or client.name != name:
-        raise Conflict("this credential belongs to another enrolment; draw a new one")
-    return client
-
-
-def _check_name_free(session: Session, job: Job, name: str | None) -> None:
-    """A name is a client's identity in its job (its training seed, its place in sampling and
-    aggregation order: docs/algorithms.md, "Reproducibility"), so two clients cannot share one.
-    The job row is locked: two enrolments with one name cannot both pass."""
-    if name is None:
-        return
-    taken = session.scalar(
-        select(Client.id).where(Client.job_id == job.id, Client.name == name).limit(1)
-    )
-    if taken is not None:
-        raise Conflict(
-            f"job {job.id} already has a client named {name!r}; choose another name, or resume "
-            "the enrolled device from its state directory instead of enrolling it again"
-        )
+def _identities(session: Session, job: Job, request: EnrolRequest) -> tuple[Client | None, bool]:
+    """(the client the request's credential enrolled, whether its name is taken in the job),
+    in one read. A name is a client's identity in its job (its training seed, its place in
+    sampling and aggregation order: docs/algorithms.md, "Reproducibility"), so two clients
+    cannot share one; the job row is locked, so two enrolments with one name (or one
+    credential) in a job cannot both pass."""
+    credential_hash = hash_secret(request.credential) if request.credential is not None else None
+    conditions = [Client.credential_hash == credential_hash] if credential_hash else []
+    if request.name is not None:
+        conditions.append(and_(Client.job_id == job.id, Client.name == request.name))
+    if not conditions:
+        return None, False
+    found = session.scalars(select(Client).where(or_(*conditions))).all()
+    enrolled_before = next((c for c in found if c.credential_hash == credential_hash), None)
+    name_taken = any(c.job_id == job.id and c.name == request.name for c in found)
+    return enrolled_before, name_taken
 
 
 def job_for_join_token(

@@ -8,6 +8,7 @@ authenticated request writes ``last_seen_at`` at most once per interval.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ from server.db.models import Client, utcnow
 from server.services import scheduler
 from server.services.known_clients import KnownClients
 from tests.api.conftest import RunningJob, start_job
-from tests.support import adapter_bytes, bearer, coordinator, operator, settings_for
+from tests.support import (
+    adapter_bytes,
+    bearer,
+    coordinator,
+    job_spec,
+    operator,
+    settings_for,
+    stats,
+)
 
 
 @dataclass
@@ -282,3 +291,29 @@ def test_an_idle_scheduler_tick_commits_nothing(api: TestClient, costs: Costs) -
     # Past the round's deadline there is work: one write transaction.
     assert scheduler.run_periodic_check(runtime, utcnow() + timedelta(seconds=301))
     assert costs.commits == 1
+
+
+def test_a_drawn_credential_costs_an_enrolment_no_statement_and_its_repeat_writes_nothing(
+    api: TestClient, costs: Costs
+) -> None:
+    cohort = {"min_clients": 5, "target_clients": 5, "timeout_s": 300}  # none starts the job
+    job = api.post("/api/v1/jobs", json=job_spec(enrolment=cohort), headers=operator(api)).json()
+
+    def enrol(i: int, **extra: Any) -> tuple[int, int]:
+        costs.reset()
+        answer = api.post(
+            f"/api/v1/jobs/{job['id']}/clients",
+            json={"stats": stats(30 + i), "name": f"device-{i}", **extra},
+            headers=bearer(job["join_token"]),
+        )
+        assert answer.status_code in (200, 201), answer.text
+        return answer.status_code, costs.statements
+
+    drawn = "flc_" + secrets.token_urlsafe(32)
+    assert enrol(0)[0] == 201
+    named = enrol(1)[1]
+    # One read answers both questions: is the name taken, has this credential enrolled.
+    assert enrol(2, credential=drawn) == (201, named)
+    status, repeated = enrol(2, credential=drawn)
+    assert status == 200 and repeated < named
+    assert costs.last_seen_writes == 0
