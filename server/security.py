@@ -17,11 +17,12 @@ import secrets
 import time
 from collections.abc import Iterable
 
+from client_sdk.state import CREDENTIAL_PREFIX
+
 JOIN_TOKEN_PREFIX = "flj_"
-CLIENT_CREDENTIAL_PREFIX = "flc_"
-#: A credential a device drew itself and sends with its enrolment (``EnrolRequest.credential``):
-#: the format of ``new_secret``'s, at least as long.
-CLIENT_CREDENTIAL_PATTERN = r"^flc_[A-Za-z0-9_-]{43,128}$"
+#: A client credential, drawn by the device (``client_sdk.state.draw_credential``) or by the
+#: coordinator for a device that sent none: that format, at least as long.
+CLIENT_CREDENTIAL_PATTERN = rf"^{CREDENTIAL_PREFIX}[A-Za-z0-9_-]{{43,128}}$"
 SESSION_COOKIE = "flaas_session"
 SESSION_SECONDS = 12 * 3600
 MAX_SESSION_CHARS = 256  # an issued session token has about 96

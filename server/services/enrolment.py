@@ -10,10 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from client_sdk.state import draw_credential
 from server.db.models import Client, Job, JobStatus, utcnow
 from server.errors import Conflict, Gone, InvalidRequest, Unauthorized
 from server.schemas.api import EnrolRequest, JobModel, JoinFacts
-from server.security import CLIENT_CREDENTIAL_PREFIX, hash_secret, matches_any, new_secret
+from server.security import hash_secret, matches_any
 from server.services import ranking, rounds
 from server.services.known_clients import ClientRef
 from server.services.models import check_same_model
@@ -63,7 +64,7 @@ def enrol_client(
             f"strategy {job.strategy} trains every client at rank {spec.rank.default}; "
             f"this device's max_rank {request.max_rank} is below it"
         )
-    credential = request.credential or new_secret(CLIENT_CREDENTIAL_PREFIX)
+    credential = request.credential or draw_credential()
     now = utcnow()
     client = Client(
         job_id=job.id,
