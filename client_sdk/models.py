@@ -13,6 +13,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model, get_peft_model_state_dict
@@ -83,7 +84,7 @@ def _build(
         if spec.task_type == "CAUSAL_LM"
         else transformers.AutoModelForSequenceClassification
     )
-    kwargs = {"num_labels": spec.num_labels} if spec.task_type == "SEQ_CLS" else {}
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels} if spec.task_type == "SEQ_CLS" else {}
     source = str(location.path)
     with _quiet_transformers():
         if not weights:
