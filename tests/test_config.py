@@ -24,8 +24,10 @@ def settings(**values: Any) -> Settings:
 
 def test_the_pool_is_derived_from_the_thread_budget() -> None:
     default = settings()
-    assert default.request_threads == 40
-    assert (default.pool_size, default.pool_max_overflow) == (10, 40 + BACKGROUND_DB_THREADS - 10)
+    assert default.request_threads == 16
+    # Every connection the threads may hold stays open: an overflow one would be closed when
+    # given back, and opened again by the next burst.
+    assert (default.pool_size, default.pool_max_overflow) == (16 + BACKGROUND_DB_THREADS, 0)
     small = settings(request_threads=4)
     assert (small.pool_size, small.pool_max_overflow) == (4 + BACKGROUND_DB_THREADS, 0)
     assert settings(request_threads=100, database_pool_size=20).pool_max_overflow == 82
@@ -38,7 +40,7 @@ def test_a_pool_smaller_than_the_thread_budget_is_refused() -> None:
     assert "30 connections, fewer than the 42 threads" in message
     assert "FLAAS_REQUEST_THREADS" in message
     with pytest.raises(ValidationError, match="fewer than the 42 threads"):
-        settings(database_max_overflow=5)  # the derived size (10) + 5 is not enough either
+        settings(request_threads=40, database_pool_size=10, database_max_overflow=5)
 
 
 def test_a_pool_at_least_the_thread_budget_is_accepted() -> None:
