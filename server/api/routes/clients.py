@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from server import errors
+from server.api.blobs import blob_response
 from server.api.deps import (
     BearerToken,
     CurrentClient,
@@ -152,16 +153,12 @@ def enrol(
         ),
     },
 )
-def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> StreamingResponse:
+def my_latest_adapter(client: CurrentClient, runtime: RuntimeDep) -> Response:
     """The newest global adapter cut to this client's rank (safetensors): with the device's
     private tensors it makes the client's personalised adapter (``flaas client export``)."""
     with read_scope(runtime.sessions) as session:
         key = adapters.latest_client_adapter_key(session, runtime, client)
-    return StreamingResponse(
-        runtime.store.iter_chunks(key),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(runtime.store.size(key))},
-    )
+    return blob_response(runtime.store, key)
 
 
 WAIT_DESCRIPTION = (

@@ -11,9 +11,10 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from server import errors
+from server.api.blobs import blob_response
 from server.api.deps import OperatorDep, RuntimeDep
 from server.api.errors import BODY_NOT_JSON, BUSY, INVALID_INPUT, error_responses
 from server.api.pagination import PAGE_OF_A_JOB, PageParams
@@ -175,11 +176,11 @@ def download_global_adapter(
         )
     with read_scope(runtime.sessions) as session:
         adapter = adapters.operator_adapter(session, job_id, round)
-    return StreamingResponse(
-        runtime.store.iter_chunks(adapter.storage_key),
-        media_type="application/octet-stream",
+    return blob_response(
+        runtime.store,
+        adapter.storage_key,
+        size=adapter.size_bytes,
         headers={
-            "Content-Length": str(adapter.size_bytes),
             "ETag": f'"{adapter.sha256}"',
             "Content-Disposition": f'attachment; filename="{job_id}-global.safetensors"',
         },

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from server import errors
+from server.api.blobs import blob_response
 from server.api.deps import (
     BearerToken,
     KnownClientsDep,
@@ -77,18 +78,14 @@ def train_task(assignment: TrainAssignment) -> TrainTask:
 )
 def download_adapter(
     round_id: uuid.UUID, token: BearerToken, runtime: RuntimeDep, known: KnownClientsDep
-) -> StreamingResponse:
+) -> Response:
     """The global adapter this round starts from, cut to the client's rank (safetensors)."""
 
     def key_of(session: Session, client: ClientRef) -> str:
         return adapters.client_adapter_key(session, runtime, client, round_id)
 
     _, key = read_as_client(runtime, known, token, key_of)
-    return StreamingResponse(
-        runtime.store.iter_chunks(key),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(runtime.store.size(key))},
-    )
+    return blob_response(runtime.store, key)
 
 
 @router.put(
@@ -194,16 +191,6 @@ async def _upload(
     with runtime.store.staging_file() as staged:
         body = uploads.UploadBody(settings)
         await _receive(request, staged, body, settings.upload_idle_timeout_s)
-        try:
-            await run_in_threadpool(
-                validate_adapter,
-                staged,
-                target.expected,
-                max_header_bytes=settings.max_header_bytes,
-            )
-        except (AdapterRejected, PayloadTooLarge) as exc:
-            await run_in_threadpool(_reject, runtime, target, exc.message)
-            raise
         received = uploads.ReceivedUpdate(
             staged=staged,
             sha256=body.sha256,
@@ -212,7 +199,9 @@ async def _upload(
             metrics=declared.metrics,
             upload_seconds=time.perf_counter() - started,
         )
-        update, created = await run_in_threadpool(_accept, runtime, target, received)
+        # Checked and accepted in one thread hand-off (each costs a turn of the event loop
+        # and, under load, a wait for a request thread).
+        update, created = await run_in_threadpool(_check_and_accept, runtime, target, received)
     answer = UpdateOut.model_validate(update).model_dump(mode="json")
     return JSONResponse(answer, status_code=201 if created else 200)
 
@@ -259,9 +248,18 @@ def _reject(runtime: Runtime, target: uploads.UploadTarget, reason: str) -> None
         uploads.record_rejection(session, runtime, target, reason)
 
 
-def _accept(
+def _check_and_accept(
     runtime: Runtime, target: uploads.UploadTarget, received: uploads.ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
+    """The received body against the upload contract (a refusal is recorded, then raised),
+    then accepted: the update, and whether it is new."""
+    try:
+        validate_adapter(
+            received.staged, target.expected, max_header_bytes=runtime.settings.max_header_bytes
+        )
+    except (AdapterRejected, PayloadTooLarge) as exc:
+        _reject(runtime, target, exc.message)
+        raise
     with session_scope(runtime.sessions) as session:
         update, created = uploads.accept_update(session, runtime, target, received)
     if created:
