@@ -17,7 +17,7 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -112,12 +112,8 @@ def join_facts(job_id: uuid.UUID, join_token: BearerToken, runtime: RuntimeDep) 
     },
 )
 def enrol(
-    job_id: uuid.UUID,
-    body: EnrolRequest,
-    join_token: BearerToken,
-    runtime: RuntimeDep,
-    response: Response,
-) -> Enrolled:
+    job_id: uuid.UUID, body: EnrolRequest, join_token: BearerToken, runtime: RuntimeDep
+) -> Response:
     """Enrol a device with the job's join token (``Authorization: Bearer <join token>``).
 
     The response holds the client's own credential, shown only once; a device that drew its
@@ -131,11 +127,12 @@ def enrol(
         client, credential, created = enrolment.enrol_client(
             session, runtime, job_id, join_token, body
         )
-        if not created:
-            response.status_code = 200
-        return Enrolled(
+        answer = Enrolled(
             client_id=client.id, job_id=client.job_id, credential=credential, rank=client.rank
         )
+    # A response, not the model: FastAPI would validate a returned model again on a second
+    # thread hand-off, which 200 concurrent enrolments queue for behind each other.
+    return JSONResponse(answer.model_dump(mode="json"), status_code=201 if created else 200)
 
 
 @router.get(
