@@ -245,12 +245,10 @@ class Settings(BaseSettings):
     @property
     def pool_size(self) -> int:
         """The pool's persistent connections (``database_pool_size``, or one per thread that
-        may hold one). Persistent, because an overflow connection is closed when it is given
-        back while the pool is full, and under load the next burst opens it again: at 200
-        concurrent clients and 40 threads that churn cost the machine about a tenth of its CPU
-        (a PostgreSQL connection costs its backend's fork and authentication, ~3.6 ms, and
-        the coordinator ~0.7 ms); an idle one costs the database a few MB and no CPU. The
-        database must accept as many connections either way."""
+        may hold one). Not overflow: an overflow connection is closed when given back while
+        the pool is full, and the next burst opens it again (a PostgreSQL backend forked and
+        authenticated each time: README, "Concurrency model"); an idle one costs the database
+        a few MB and no CPU, and the database must accept as many connections either way."""
         if self.database_pool_size is not None:
             return self.database_pool_size
         return self.pool_connections_needed
