@@ -4,7 +4,7 @@ API adds), or stop; and a round as its client's download or upload reads it."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import and_, func, select
@@ -32,6 +32,16 @@ ROUND_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
+class Assignment:
+    """A sampled client's update in a round, as its download and upload read it."""
+
+    id: uuid.UUID
+    status: str
+    rank: int
+    sha256: str | None  # the accepted update's
+
+
+@dataclass(frozen=True)
 class ClientRound:
     """A round of the client's job, and the client's update in it (None: not sampled)."""
 
@@ -39,14 +49,24 @@ class ClientRound:
     number: int
     status: str
     sampled: int  # the round's sampled clients: all in when as many updates are accepted
-    update: ClientUpdate | None
+    update: Assignment | None
 
 
 def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> ClientRound:
-    """Round ``round_id`` and ``client``'s update in it, in one read; 404 when there is no
-    such round, 403 when it belongs to another job."""
+    """Round ``round_id`` and ``client``'s update in it, in one read of the columns asked
+    (no ORM entity: these reads are most of a loaded coordinator's); 404 when there is no such
+    round, 403 when it belongs to another job."""
     row = session.execute(
-        select(Round.job_id, Round.number, Round.status, Round.sampled, ClientUpdate)
+        select(
+            Round.job_id,
+            Round.number,
+            Round.status,
+            Round.sampled,
+            ClientUpdate.id,
+            ClientUpdate.status,
+            ClientUpdate.rank,
+            ClientUpdate.sha256,
+        )
         .select_from(Round)
         .outerjoin(
             ClientUpdate,
@@ -56,9 +76,10 @@ def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> Cl
     ).one_or_none()
     if row is None:
         raise NotFound(f"round {round_id} does not exist")
-    job_id, number, status, sampled, update = row
+    job_id, number, status, sampled, update_id, update_status, rank, sha256 = row
     if job_id != client.job_id:
         raise Forbidden(f"round {round_id} belongs to another job")
+    update = None if update_id is None else Assignment(update_id, update_status, rank, sha256)
     return ClientRound(job_id, number, status, sampled, update)
 
 
@@ -119,6 +140,26 @@ def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) 
             query = query.where(ClientUpdate.client_id == client_id)
         assignments = {row.client_id: (row.status, row.rank) for row in session.execute(query)}
     return JobView(job, rnd, assignments, enrolment)
+
+
+def trains(view: JobView, client_id: uuid.UUID) -> bool:
+    """Whether the view has the client train: sampled for the open round, its update pending (a
+    view holds assignments only for a running job's open round)."""
+    assignment = view.assignments.get(client_id)
+    return assignment is not None and assignment[0] == UpdateStatus.PENDING
+
+
+def with_own_assignment(session: Session, view: JobView, client_id: uuid.UUID) -> JobView:
+    """``view`` with the client's assignment in the view's open round read again: whether its
+    update was accepted since the view was read, which nothing announces (a change of the job
+    or the round is announced: ``server.notify``). One statement."""
+    assert view.round is not None
+    row = session.execute(
+        select(ClientUpdate.status, ClientUpdate.rank).where(
+            ClientUpdate.round_id == view.round.id, ClientUpdate.client_id == client_id
+        )
+    ).one_or_none()
+    return replace(view, assignments={} if row is None else {client_id: (row.status, row.rank)})
 
 
 def task_of(view: JobView, client_id: uuid.UUID) -> Task:

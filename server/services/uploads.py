@@ -71,7 +71,7 @@ def prepare_upload(session: Session, client: ClientRef, round_id: uuid.UUID) -> 
             "ask GET /api/v1/clients/me/task for its current task"
         )
     if update.status != UpdateStatus.ACCEPTED:
-        _require_open(number, rnd.status, update)
+        _require_open(number, rnd.status, update.status)
     return UploadTarget(
         client=client,
         update_id=update.id,
@@ -86,8 +86,8 @@ def prepare_upload(session: Session, client: ClientRef, round_id: uuid.UUID) -> 
     )
 
 
-def _require_open(number: int, round_status: str, update: ClientUpdate) -> None:
-    if round_status != RoundStatus.OPEN or update.status == UpdateStatus.MISSED:
+def _require_open(number: int, round_status: str, update_status: str) -> None:
+    if round_status != RoundStatus.OPEN or update_status == UpdateStatus.MISSED:
         raise Gone(f"round {number} is {round_status}; it no longer accepts updates")
 
 
@@ -213,7 +213,7 @@ def _accept(
         rnd = session.get_one(Round, target.round_id, populate_existing=True)
         update = session.get_one(ClientUpdate, target.update_id, populate_existing=True)
         if update.status != UpdateStatus.ACCEPTED:
-            _require_open(rnd.number, rnd.status, update)
+            _require_open(rnd.number, rnd.status, update.status)
         return _identical_retry(update, rnd, received.sha256), False
     after_commit(session, UPLOADS_ACCEPTED.inc)
     return update, True

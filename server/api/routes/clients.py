@@ -41,7 +41,6 @@ from server.schemas.api import (
     ClientTask,
     Enrolled,
     EnrolRequest,
-    FinishedTask,
     JobModel,
     JoinFacts,
     TrainAssignment,
@@ -168,11 +167,14 @@ WAIT_DESCRIPTION = (
 )
 
 
-def _own_view(session: Session, client: ClientRef) -> ClientTask:
-    """The client's task from a read of its own assignment."""
-    view = client_tasks.read_view(session, client.job_id, client.id)
+def _answer(view: client_tasks.JobView, client: ClientRef) -> ClientTask:
     task = client_tasks.task_of(view, client.id)
     return train_task(task) if isinstance(task, TrainAssignment) else task
+
+
+def _own_view(session: Session, client: ClientRef) -> ClientTask:
+    """The client's task from a read of its own assignment."""
+    return _answer(client_tasks.read_view(session, client.job_id, client.id), client)
 
 
 def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
@@ -187,18 +189,26 @@ def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
         return client_tasks.read_view(session, job_id, None)
 
 
-async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> ClientTask:
-    """The client's task, from its job's shared view (``Waiters.shared``) when that says wait.
+def _with_own_assignment(
+    runtime: Runtime, view: client_tasks.JobView, client: KnownClient
+) -> client_tasks.JobView:
+    with read_scope(runtime.sessions) as session:
+        return client_tasks.with_own_assignment(session, view, client.id)
 
-    What may change unannounced is read again, in the client's own view: a train answer (its
-    update may have been accepted since the shared view was read) and a wait for enrolment
-    (its reason counts the clients enrolled so far).
+
+async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> ClientTask:
+    """The client's task, from its job's shared view (``Waiters.shared``).
+
+    What may change unannounced is read again: a train answer's assignment (its update may
+    have been accepted since the shared view was read), one statement; a wait for enrolment
+    (its reason counts the clients enrolled so far), in the client's own view.
     """
     view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
-    task = client_tasks.task_of(view, client.id)
-    if isinstance(task, WaitTask | FinishedTask) and view.enrolment is None:
-        return task
-    return await run_in_threadpool(_own_task, runtime, client)
+    if view.enrolment is not None:
+        return await run_in_threadpool(_own_task, runtime, client)
+    if client_tasks.trains(view, client.id):
+        view = await run_in_threadpool(_with_own_assignment, runtime, view, client)
+    return _answer(view, client)
 
 
 @router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))
