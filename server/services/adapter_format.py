@@ -260,8 +260,11 @@ def _first_bad(values: np.ndarray, dtype: str) -> tuple[int, str] | None:
 def _check_finite(
     f: io.BufferedReader, data_start: int, layout: list[tuple[str, str, tuple[int, ...], int, int]]
 ) -> None:
-    """Rule 6: every value finite, read through one reused buffer of ``SCAN_CHUNK_BYTES``."""
-    buffer = bytearray(SCAN_CHUNK_BYTES)
+    """Rule 6: every value finite, read through one reused buffer of ``SCAN_CHUNK_BYTES``, or
+    of the largest tensor's size when that is smaller (a small adapter's upload should not
+    zero megabytes for its scan)."""
+    largest = max((end - begin for *_, begin, end in layout), default=0)
+    buffer = bytearray(min(SCAN_CHUNK_BYTES, largest))
     view = memoryview(buffer)
     for name, dtype, _shape, begin, end in layout:
         numpy_dtype = "<f4" if dtype == "F32" else "<u2"

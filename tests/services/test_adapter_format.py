@@ -23,6 +23,7 @@ from safetensors.numpy import save, save_file
 from safetensors.torch import save_file as save_torch_file
 
 from server.errors import AdapterRejected, PayloadTooLarge
+from server.services import adapter_format
 from server.services.adapter_format import AdapterSummary, validate_adapter
 
 A = "base_model.model.fc1.lora_A.weight"
@@ -311,6 +312,19 @@ def test_non_finite_values_numpy(f: Path, dtype: Any, bad: float, kind: str) -> 
     arrays[B][127, 3] = bad
     save_file(arrays, str(f))
     _rejected(f, f"{B!r} contains {kind} (first at flat index 511)", tensor=B)
+
+
+@pytest.mark.parametrize("chunk", [256, 1024, 4096])
+def test_non_finite_value_past_the_first_scan_chunk(
+    f: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan buffer is the smaller of the chunk and the largest tensor (B, 2,048 bytes): B's
+    # last value lies in its eighth chunk of 256 bytes, its second of 1,024, its only one of 4,096.
+    monkeypatch.setattr(adapter_format, "SCAN_CHUNK_BYTES", chunk)
+    arrays = _arrays(np.float32)
+    arrays[B][127, 3] = np.nan
+    save_file(arrays, str(f))
+    _rejected(f, f"{B!r} contains NaN (first at flat index 511)", tensor=B)
 
 
 @pytest.mark.parametrize(("bad", "kind"), [(float("nan"), "NaN"), (float("-inf"), "Inf")])
