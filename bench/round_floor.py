@@ -20,7 +20,7 @@ model scored on the test set once per round.
   shards and local training (``Digits.train``); its round is the median gap between successive
   aggregations from round 3 on.
 
-The ratio platform / floor is what issue 13 targets (<= 1.2x; Flower measured 1.2x). A venv for
+The ratio platform / floor is what issue 13 targets (<= 1.2x; Flower: 1.25x here). A venv for
 the Flower side that sees this project's packages::
 
     python3.11 -m venv /tmp/flwr && /tmp/flwr/bin/pip install flwr==1.42.0

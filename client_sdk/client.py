@@ -208,9 +208,13 @@ class Client:
         self, train_fn: TrainFn, rt: RoundTask, credentials: Credentials, result: RunResult
     ) -> tuple[bytes, dict[str, Any]]:
         n = rt.round_number
-        adapter = self.api.download(
-            rt.adapter_url, lambda done, total: self._emit("download", n, done, total)
-        )
+        if rt.adapter_bytes is not None:  # sent with the task: nothing to download
+            adapter = rt.adapter_bytes
+            self._emit("download", n, len(adapter), len(adapter))
+        else:
+            adapter = self.api.download(
+                rt.adapter_url, lambda done, total: self._emit("download", n, done, total)
+            )
         result.bytes_downloaded += len(adapter)
         ctx = RoundContext(
             task=rt,

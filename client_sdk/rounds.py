@@ -3,6 +3,7 @@ and output, progress events and the run's outcome. Plain dataclasses, no torch."
 
 from __future__ import annotations
 
+import base64
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ class RoundTask:
     adapter_url: str
     upload_url: str
     deadline_at: str
+    # The adapter itself when the coordinator sent it with the task (a small one), else None:
+    # then it is downloaded from adapter_url.
+    adapter_bytes: bytes | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundTask:
@@ -52,6 +56,7 @@ class RoundTask:
             adapter_url=str(data["adapter_url"]),
             upload_url=str(data["upload_url"]),
             deadline_at=str(data["deadline_at"]),
+            adapter_bytes=base64.b64decode(data["adapter"]) if data.get("adapter") else None,
         )
 
     @property

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
         "connection and a little memory, never a thread or a database connection).",
     )
 
+    inline_adapter_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="A train answer carries the round's adapter itself (base64, in `adapter`) "
+        "when it is at most this many bytes, so that a client of a small adapter starts "
+        "training without a download; 0 never does.",
+    )
+
     known_clients_max: int = Field(
         default=100_000,
         ge=0,

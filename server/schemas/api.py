@@ -235,6 +235,11 @@ class TrainAssignment(BaseModel):
 class TrainTask(TrainAssignment):
     adapter_url: str
     upload_url: str
+    adapter: str | None = Field(
+        default=None,
+        description="The bytes adapter_url serves (base64), when they are at most "
+        "FLAAS_INLINE_ADAPTER_MAX_BYTES: the client then need not download them.",
+    )
 
 
 class FinishedTask(BaseModel):

@@ -50,9 +50,16 @@ def client_adapter_key(
     rank = rnd.update.rank if rnd.update is not None else _assigned_rank(session, client.id)
     if rank is None:
         raise Conflict("this client has no rank yet: enrolment is still open")
-    job = job_definition(session, rnd.job_id)
+    return starting_adapter_key(session, rt, rnd.job_id, rnd.number, rank)
+
+
+def starting_adapter_key(
+    session: Session, rt: Runtime, job_id: uuid.UUID, round_number: int, rank: int
+) -> str:
+    """Storage key of the adapter round ``round_number`` starts from, cut to ``rank``."""
+    job = job_definition(session, job_id)
     return _distributed(
-        rt, job, rnd.number - 1, rank, lambda: starting_adapter(session, job.id, rnd.number)
+        rt, job, round_number - 1, rank, lambda: starting_adapter(session, job_id, round_number)
     )
 
 

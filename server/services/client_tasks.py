@@ -142,13 +142,6 @@ def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) 
     return JobView(job, rnd, assignments, enrolment)
 
 
-def trains(view: JobView, client_id: uuid.UUID) -> bool:
-    """Whether the view has the client train: sampled for the open round, its update pending (a
-    view holds assignments only for a running job's open round)."""
-    assignment = view.assignments.get(client_id)
-    return assignment is not None and assignment[0] == UpdateStatus.PENDING
-
-
 def with_own_assignment(session: Session, view: JobView, client_id: uuid.UUID) -> JobView:
     """``view`` with the client's assignment in the view's open round read again: whether its
     update was accepted since the view was read, which nothing announces (a change of the job

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load, save
@@ -183,3 +185,30 @@ def test_a_name_is_taken_once_per_job(api: TestClient) -> None:
     assert [enrol(api, job, None).status_code for _ in range(2)] == [201, 201]
     listed = api.get(f"/api/v1/jobs/{job['id']}/clients", headers=operator(api)).json()
     assert listed["total"] == 3
+
+
+def test_a_train_answer_carries_a_small_adapter(
+    api: TestClient, running: RunningJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = api.app.state.runtime.settings  # type: ignore[attr-defined]
+    ask = "/api/v1/clients/me/task"
+    trainees = [
+        (i, task)
+        for i in range(len(running.clients))
+        if (task := api.get(ask, headers=running.headers(i)).json())["action"] == "train"
+    ]
+    assert len(trainees) >= 2
+    (first, task), (second, _) = trainees[:2]
+    served = api.get(task["adapter_url"], headers=running.headers(first)).content
+    assert base64.b64decode(task["adapter"]) == served  # the bytes the download sends
+    # At the limit it is still carried (a client this process knows, from the shared read)...
+    monkeypatch.setattr(settings, "inline_adapter_max_bytes", len(served))
+    assert base64.b64decode(api.get(ask, headers=running.headers(first)).json()["adapter"]) == (
+        served
+    )
+    # ...one byte below it, or with the limit at 0, the client downloads it.
+    for limit in (len(served) - 1, 0):
+        monkeypatch.setattr(settings, "inline_adapter_max_bytes", limit)
+        answer = api.get(ask, headers=running.headers(second)).json()
+        assert answer["action"] == "train" and answer["adapter"] is None
+        assert answer["adapter_url"]

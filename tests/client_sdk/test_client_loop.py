@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -34,6 +35,8 @@ class FakeCoordinator:
         self.crash_next_put_after_accepting = False
         self.crash_next_put_before_reading = False
         self.gone: set[int] = set()
+        self.inline = False  # send the adapter with the train task, as a coordinator does
+        self.downloads = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -51,7 +54,8 @@ class FakeCoordinator:
         if path == "/api/v1/clients/me/task":
             return httpx.Response(200, json=self.task())
         if path.endswith("/adapter"):
-            return httpx.Response(200, content=f"global-{self.current - 1}".encode())
+            self.downloads += 1
+            return httpx.Response(200, content=self.adapter())
         if path.endswith("/update"):
             return self.put(int(path.split("/")[-2][1:]), request)
         return httpx.Response(404, json={"detail": "no route"})
@@ -75,7 +79,11 @@ class FakeCoordinator:
             "model": None, "seed": 5,
             "adapter_url": f"/api/v1/rounds/r{n}/adapter",
             "upload_url": f"/api/v1/rounds/r{n}/update",
+            "adapter": base64.b64encode(self.adapter()).decode() if self.inline else None,
         }  # fmt: skip
+
+    def adapter(self) -> bytes:
+        return f"global-{self.current - 1}".encode()
 
     def put(self, n: int, request: httpx.Request) -> httpx.Response:
         self.puts.append(n)
@@ -154,6 +162,19 @@ def test_full_run_waits_trains_uploads_and_passes_private_state_on(tmp_path: Pat
     assert {"download", "train", "upload", "accepted"} <= set(kinds)
     state = DeviceState.for_job(tmp_path, SERVER, JOB)
     assert state.last_accepted().round == 2 and state.load_pending() is None
+
+
+def test_an_adapter_sent_with_the_task_is_trained_from_without_a_download(
+    tmp_path: Path,
+) -> None:
+    fake, trainer, events = FakeCoordinator(rounds=2), Trainer(), []
+    fake.inline = True
+    result = client(tmp_path, fake, events).run(trainer, stats=STATS)
+    assert result.status == "finished" and result.accepted_rounds == [1, 2]
+    assert fake.downloads == 0
+    assert [c[:2] for c in trainer.calls] == [(1, b"global-0"), (2, b"global-1")]
+    done = [(e.done, e.total) for e in events if e.event == "download"]
+    assert done == [(len(b"global-0"), len(b"global-0"))] * 2  # progress says it arrived
 
 
 def test_killed_mid_upload_resends_the_same_bytes_without_training_again(tmp_path: Path) -> None:

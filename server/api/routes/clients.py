@@ -167,20 +167,36 @@ WAIT_DESCRIPTION = (
 )
 
 
-def _answer(view: client_tasks.JobView, client: ClientRef) -> ClientTask:
+def _answer(
+    session: Session, runtime: Runtime, view: client_tasks.JobView, client: ClientRef
+) -> ClientTask:
+    """The client's task in ``view``; a train answer carries the adapter it trains from when
+    that is small (``FLAAS_INLINE_ADAPTER_MAX_BYTES``), so the client need not download it."""
     task = client_tasks.task_of(view, client.id)
-    return train_task(task) if isinstance(task, TrainAssignment) else task
+    if not isinstance(task, TrainAssignment):
+        return task
+    return train_task(task, _small_adapter(session, runtime, task))
 
 
-def _own_view(session: Session, client: ClientRef) -> ClientTask:
+def _small_adapter(session: Session, runtime: Runtime, task: TrainAssignment) -> bytes | None:
+    limit = runtime.settings.inline_adapter_max_bytes
+    if limit == 0:
+        return None
+    key = adapters.starting_adapter_key(session, runtime, task.job_id, task.round_number, task.rank)
+    return runtime.store.get_bytes(key) if runtime.store.size(key) <= limit else None
+
+
+def _own_view(runtime: Runtime, session: Session, client: ClientRef) -> ClientTask:
     """The client's task from a read of its own assignment."""
-    return _answer(client_tasks.read_view(session, client.job_id, client.id), client)
+    return _answer(
+        session, runtime, client_tasks.read_view(session, client.job_id, client.id), client
+    )
 
 
 def _own_task(runtime: Runtime, client: KnownClient) -> ClientTask:
     """The client's own task, in one short read-only transaction."""
     with read_scope(runtime.sessions) as session:
-        return _own_view(session, client)
+        return _own_view(runtime, session, client)
 
 
 def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
@@ -189,26 +205,30 @@ def _job_view(runtime: Runtime, job_id: uuid.UUID) -> client_tasks.JobView:
         return client_tasks.read_view(session, job_id, None)
 
 
-def _with_own_assignment(
-    runtime: Runtime, view: client_tasks.JobView, client: KnownClient
-) -> client_tasks.JobView:
+def _train_answer(runtime: Runtime, view: client_tasks.JobView, client: KnownClient) -> ClientTask:
+    """A client's answer when the shared view says it trains: its own assignment read again
+    (its update may have been accepted since the shared view was read)."""
     with read_scope(runtime.sessions) as session:
-        return client_tasks.with_own_assignment(session, view, client.id)
+        return _answer(
+            session, runtime, client_tasks.with_own_assignment(session, view, client.id), client
+        )
 
 
 async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> ClientTask:
     """The client's task, from its job's shared view (``Waiters.shared``).
 
     What may change unannounced is read again: a train answer's assignment (its update may
-    have been accepted since the shared view was read), one statement; a wait for enrolment
-    (its reason counts the clients enrolled so far), in the client's own view.
+    have been accepted since the shared view was read), one statement, with the adapter when
+    it is small; a wait for enrolment (its reason counts the clients enrolled so far), in the
+    client's own view.
     """
     view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
     if view.enrolment is not None:
         return await run_in_threadpool(_own_task, runtime, client)
-    if client_tasks.trains(view, client.id):
-        view = await run_in_threadpool(_with_own_assignment, runtime, view, client)
-    return _answer(view, client)
+    task = client_tasks.task_of(view, client.id)
+    if isinstance(task, TrainAssignment):
+        return await run_in_threadpool(_train_answer, runtime, view, client)
+    return task
 
 
 @router.get("/clients/me/task", response_model=ClientTask, responses=error_responses(INVALID_INPUT))
@@ -230,7 +250,8 @@ async def my_task(
     if seen is None:
         # A credential this process has not authenticated yet: the client and its own task
         # in one read-only transaction, and the client kept in ``known``.
-        client, task = await run_in_threadpool(read_as_client, runtime, known, token, _own_view)
+        own_view = partial(_own_view, runtime)
+        client, task = await run_in_threadpool(read_as_client, runtime, known, token, own_view)
     else:
         client = seen
         if seen_is_stale(client, utcnow(), runtime.settings.last_seen_interval_s):

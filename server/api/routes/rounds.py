@@ -8,6 +8,7 @@ marks the client seen.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -51,14 +52,15 @@ router = APIRouter(
 CHUNK_WRITE_BYTES = 1 << 20
 
 
-def train_task(assignment: TrainAssignment) -> TrainTask:
+def train_task(assignment: TrainAssignment, adapter: bytes | None = None) -> TrainTask:
     """The train answer to a client: its assignment, with this router's paths to download the
-    round's adapter and upload the update."""
+    round's adapter and upload the update, and the ``adapter`` itself when given."""
     round_id = str(assignment.round_id)
     return TrainTask(
         **dict(assignment),
         adapter_url=str(router.url_path_for("download_adapter", round_id=round_id)),
         upload_url=str(router.url_path_for("upload_update", round_id=round_id)),
+        adapter=None if adapter is None else base64.b64encode(adapter).decode("ascii"),
     )
 
 
