@@ -1,7 +1,7 @@
 """Flower 1.42 on ``bench/round_floor.py``'s task: the peer in its ``--flower-python`` runs.
 
-Needs an interpreter with flwr (not a dependency of this project; see the README's
-"Benchmarks" for the venv). Flower's gRPC server (``flwr.server.start_server``, FedAvg over every
+Needs an interpreter with flwr (not a dependency of this project; round_floor's docstring
+shows the venv). Flower's gRPC server (``flwr.server.start_server``, FedAvg over every
 client each round, the global model scored on the test set by ``evaluate_fn``) runs in this
 process; its 10 clients (``flwr.client.start_client``, one ``NumPyClient`` and one peft model
 each, at most two training at a time) run as threads of one child process, as ``flaas demo``

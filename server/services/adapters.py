@@ -63,6 +63,18 @@ def starting_adapter_key(
     )
 
 
+def small_starting_adapter(
+    session: Session, rt: Runtime, job_id: uuid.UUID, round_number: int, rank: int
+) -> bytes | None:
+    """The adapter round ``round_number`` starts from, cut to ``rank``, if it is at most
+    ``FLAAS_INLINE_ADAPTER_MAX_BYTES`` (what a train answer carries); None otherwise."""
+    limit = rt.settings.inline_adapter_max_bytes
+    if limit == 0:
+        return None
+    key = starting_adapter_key(session, rt, job_id, round_number, rank)
+    return rt.store.get_bytes(key) if rt.store.size(key) <= limit else None
+
+
 def _assigned_rank(session: Session, client_id: uuid.UUID) -> int | None:
     return session.scalar(select(Client.rank).where(Client.id == client_id))
 

@@ -175,15 +175,10 @@ def _answer(
     task = client_tasks.task_of(view, client.id)
     if not isinstance(task, TrainAssignment):
         return task
-    return train_task(task, _small_adapter(session, runtime, task))
-
-
-def _small_adapter(session: Session, runtime: Runtime, task: TrainAssignment) -> bytes | None:
-    limit = runtime.settings.inline_adapter_max_bytes
-    if limit == 0:
-        return None
-    key = adapters.starting_adapter_key(session, runtime, task.job_id, task.round_number, task.rank)
-    return runtime.store.get_bytes(key) if runtime.store.size(key) <= limit else None
+    small = adapters.small_starting_adapter(
+        session, runtime, task.job_id, task.round_number, task.rank
+    )
+    return train_task(task, small)
 
 
 def _own_view(runtime: Runtime, session: Session, client: ClientRef) -> ClientTask:
