@@ -15,6 +15,7 @@ from server.services.client_tasks import client_round
 from server.services.job_definitions import JobDefinition, job_definition
 from server.services.known_clients import ClientRef
 from server.services.runtime import Runtime
+from server.services.small_cuts import small_cut
 from server.services.strategies import client_scale, spec_of, strategy_for
 from server.storage import distributed_key
 from server.tensors import load_adapter, save_adapter
@@ -67,12 +68,29 @@ def small_starting_adapter(
     session: Session, rt: Runtime, job_id: uuid.UUID, round_number: int, rank: int
 ) -> bytes | None:
     """The adapter round ``round_number`` starts from, cut to ``rank``, if it is at most
-    ``FLAAS_INLINE_ADAPTER_MAX_BYTES`` (what a train answer carries); None otherwise."""
+    ``FLAAS_INLINE_ADAPTER_MAX_BYTES`` (what a train answer carries); None otherwise.
+
+    Made once per process and kept in memory (``services.small_cuts``): a small cut is not
+    written to the store (a download of it, rare, writes it then); a large one is, for the
+    downloads its clients will make."""
     limit = rt.settings.inline_adapter_max_bytes
     if limit == 0:
         return None
-    key = starting_adapter_key(session, rt, job_id, round_number, rank)
-    return rt.store.get_bytes(key) if rt.store.size(key) <= limit else None
+    job = job_definition(session, job_id)
+    number = round_number - 1
+    key = distributed_key(job.id, number, rank, client_scale(job, rank))
+
+    def make() -> bytes | None:
+        if rt.store.exists(key):
+            return rt.store.get_bytes(key) if rt.store.size(key) <= limit else None
+        data = _cut(rt, job, number, rank, lambda: starting_adapter(session, job_id, round_number))
+        if len(data) <= limit:
+            return data
+        rt.store.put_bytes(key, data)
+        return None
+
+    data = small_cut(key, make)
+    return data if data is not None and len(data) <= limit else None  # the limit may change
 
 
 def _assigned_rank(session: Session, client_id: uuid.UUID) -> int | None:
@@ -97,23 +115,34 @@ def _distributed(
     rank: int,
     source: Callable[[], GlobalAdapter],
 ) -> str:
-    """Round ``number``'s global adapter (``source``, read only if the cut is not stored yet)
-    as a client of ``rank`` receives it, cached under a deterministic key per (round, rank,
+    """Storage key of round ``number``'s global adapter as a client of ``rank`` receives it,
+    cut (:func:`_cut`) and stored on first use under a deterministic key per (round, rank,
     scale)."""
-    scale = client_scale(job, rank)
-    key = distributed_key(job.id, number, rank, scale)
+    key = distributed_key(job.id, number, rank, client_scale(job, rank))
     if not rt.store.exists(key):
-        with rt.store.local_path(source().storage_key) as path:
-            global_tensors = load_adapter(path)
-        tensors = strategy_for(job).distribute(global_tensors, rank, scale)
-        if number == 0 and spec_of(job).model is not None:
-            # The round-0 extras are a seeded draw that only gives the adapter its layout. A
-            # job's model gives every device the same saved modules itself (pretrained weights,
-            # a new head drawn from the trainer's fixed seed): sending the draw would replace,
-            # say, a pretrained lm_head in modules_to_save by random values.
-            tensors = {k: v for k, v in tensors.items() if part_of(k) != "extra"}
-        rt.store.put_bytes(key, save_adapter(tensors))
+        rt.store.put_bytes(key, _cut(rt, job, number, rank, source))
     return key
+
+
+def _cut(
+    rt: Runtime,
+    job: JobDefinition,
+    number: int,
+    rank: int,
+    source: Callable[[], GlobalAdapter],
+) -> bytes:
+    """Round ``number``'s global adapter (``source``) cut to ``rank`` at its scale, as
+    safetensors bytes."""
+    with rt.store.local_path(source().storage_key) as path:
+        global_tensors = load_adapter(path)
+    tensors = strategy_for(job).distribute(global_tensors, rank, client_scale(job, rank))
+    if number == 0 and spec_of(job).model is not None:
+        # The round-0 extras are a seeded draw that only gives the adapter its layout. A
+        # job's model gives every device the same saved modules itself (pretrained weights,
+        # a new head drawn from the trainer's fixed seed): sending the draw would replace,
+        # say, a pretrained lm_head in modules_to_save by random values.
+        tensors = {k: v for k, v in tensors.items() if part_of(k) != "extra"}
+    return save_adapter(tensors)
 
 
 def operator_adapter(

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load, save
 
+from server.services import adapters
 from tests.api.conftest import RunningJob
 from tests.support import adapter_tensors, bearer, job_spec, operator, stats
 
@@ -212,3 +213,26 @@ def test_a_train_answer_carries_a_small_adapter(
         answer = api.get(ask, headers=running.headers(second)).json()
         assert answer["action"] == "train" and answer["adapter"] is None
         assert answer["adapter_url"]
+
+
+def test_a_rounds_small_cut_is_made_once_per_rank_and_not_stored(
+    api: TestClient, running: RunningJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
+    cuts: list[int] = []
+    real_cut = adapters._cut
+    monkeypatch.setattr(adapters, "_cut", lambda *a: cuts.append(a[3]) or real_cut(*a))
+    written: list[str] = []
+    real_put = runtime.store.put_bytes
+    monkeypatch.setattr(
+        runtime.store, "put_bytes", lambda k, d: written.append(k) or real_put(k, d)
+    )
+    answers = [
+        api.get("/api/v1/clients/me/task", headers=running.headers(i)).json()
+        for i in range(len(running.clients))
+        for _ in range(2)  # each client asks twice
+    ]
+    trainees = [answer for answer in answers if answer["action"] == "train"]
+    assert len(trainees) >= 4 and all(answer["adapter"] for answer in trainees)
+    assert sorted(cuts) == sorted({answer["rank"] for answer in trainees})
+    assert written == []  # the cut travels in the answers; a download would write it
