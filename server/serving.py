@@ -10,12 +10,17 @@ opening or of the previous response. A stalled body is the upload route's to tim
 knows where a body is expected: ``upload_idle_timeout_s``, answered 408).
 
 ``serve`` runs one coordinator process, or several on one port (``flaas serve --workers N``).
+
+Each serving process settles its heap before it serves (``settle_heap``): Python's cyclic
+collector stops the whole process, event loop and request threads alike, while it walks a
+generation, and a full collection walks every object the process holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -101,7 +106,9 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
     from server.main import create_app
 
     if processes == 1:
-        uvicorn.Server(uvicorn_config(create_app(settings), settings, host, port)).run()
+        app = create_app(settings)
+        settle_heap()
+        uvicorn.Server(uvicorn_config(app, settings, host, port)).run()
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -114,6 +121,24 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
 
 
 LISTEN_BACKLOG = 2048  # uvicorn's default
+#: The collector's thresholds in a serving process (Python's are 700, 10, 10): a young
+#: collection every 10,000 net allocations instead of 700, so a full one (every 100 young
+#: ones at most) comes 14 times less often.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def settle_heap() -> None:
+    """Move what start-up built (the imports and the app, about 300,000 objects) out of the
+    collector's reach for good (``gc.freeze``), and collect less often (``GC_THRESHOLDS``).
+
+    At 1,000 clients and 200 transfers at once (``bench/load.py``), Python's defaults ran 17
+    full collections in 37 s of load, 150-305 ms each with the GIL held, and ``/healthz``
+    waited them out (p99 277 ms). Objects made after start-up are collected as before;
+    cyclic garbage lives a little longer (at most about 10,000 objects more).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _fork_server(
@@ -130,6 +155,7 @@ def _fork_server(
     code = 1
     try:
         config = uvicorn_config(create_app(settings), settings, host, port)
+        settle_heap()
         uvicorn.Server(config).run(sockets=[listener])
         code = 0
     finally:
