@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python bench/load.py --clients 300 --concurrency 100 --rounds 2``. It starts a
 coordinator (``flaas serve``, ``bench/deploy.py``; ``--mode postgres`` by default: PostgreSQL,
 aggregation in the coordinator, so one process holds all the server's memory), creates the
-benches' small job for N clients, enrols them C at a time, and runs every client as an asyncio
-task (httpx) that does what the SDK does, without training: long-poll its task
+benches' small job for N clients and runs every client as an asyncio task (httpx, on a
+connection of its own) that does what the SDK does, without training: enrol (at most C at a
+time; the rounds are timed from the last enrolment, which starts the job), long-poll its task
 (``?wait=``), download its adapter unless the task carried it (a small one does; run with
 ``--setting FLAAS_INLINE_ADAPTER_MAX_BYTES=0`` for a download each), upload a valid update
 of its rank (random values, ``bench.deploy.upload_body``), and, for ``--retry-fraction`` of
@@ -105,19 +106,22 @@ async def run_client(
     url: str,
     record: Record,
     transfers: asyncio.Semaphore,
+    enrolment: Enrolment,
     index: int,
-    credential: str,
     args: argparse.Namespace,
 ) -> None:
-    # A connection of its own, as a device has (one shared pool of N connections would cost
-    # this process a scan of the pool per request), and one TLS context for all of them
-    # (httpx builds one per client otherwise: 0.8 MB and 20 ms of CPU each, measured here).
+    """One device: it enrols and then polls on one connection of its own, as a device does
+    (opening 10,000 connections at once after the enrolment kept this process's event loop
+    busy for a minute, and counted that minute in the first uploads' latency). One TLS context
+    serves all of them (httpx builds one per client otherwise: 0.8 MB and 20 ms of CPU each,
+    measured here)."""
     async with httpx.AsyncClient(
         base_url=url,
         timeout=httpx.Timeout(args.wait + 120),
         limits=httpx.Limits(max_connections=1),
         verify=TLS,
     ) as http:
+        credential = await enrolment.enrol(http, index)
         await _client_loop(http, record, transfers, index, credential, args)
 
 
@@ -224,26 +228,31 @@ async def report_progress(
         cpu, last = now_cpu, now
 
 
-async def enrol_all(
-    http: httpx.AsyncClient, record: Record, job: dict[str, Any], n: int, concurrency: int
-) -> list[str]:
-    join = {"Authorization": f"Bearer {job['join_token']}"}
-    gate = asyncio.Semaphore(concurrency)
+class Enrolment:
+    """Enrols each client (at most ``concurrency`` at once) and tells when all ``n`` are in."""
 
-    async def enrol(i: int) -> str:
+    def __init__(self, record: Record, job: dict[str, Any], n: int, concurrency: int) -> None:
+        self.record, self.job, self.n = record, job, n
+        self.gate = asyncio.Semaphore(concurrency)
+        self.enrolled = 0
+        self.complete = asyncio.Event()
+
+    async def enrol(self, http: httpx.AsyncClient, i: int) -> str:
         # A drawn credential, as the SDK sends: a retried enrolment whose answer was lost is
         # answered 200 with the same client.
         body = {"stats": client_stats(i), "name": f"load-{i}", "credential": draw_credential()}
-        async with gate:
+        join = {"Authorization": f"Bearer {self.job['join_token']}"}
+        async with self.gate:
             response = await request(
-                http, record, "enrol", "POST", f"/api/v1/jobs/{job['id']}/clients",
+                http, self.record, "enrol", "POST", f"/api/v1/jobs/{self.job['id']}/clients",
                 json=body, headers=join,
             )  # fmt: skip
         if response is None or response.status_code not in (200, 201):
             raise SystemExit(f"bench: enrolment {i} failed: {response and response.text}")
+        self.enrolled += 1
+        if self.enrolled == self.n:
+            self.complete.set()
         return str(response.json()["credential"])
-
-    return list(await asyncio.gather(*(enrol(i) for i in range(n))))
 
 
 async def accepted_updates(http: httpx.AsyncClient, job_id: str, number: int) -> list[dict]:
@@ -321,19 +330,24 @@ async def run(deployed: Deployment, args: argparse.Namespace) -> int:
         prober.start()
         progress = asyncio.create_task(report_progress(http, deployed, job["id"], record, stop))
         t0 = time.perf_counter()
-        credentials = await enrol_all(http, record, job, args.clients, args.concurrency)
+        enrolment = Enrolment(record, job, args.clients, args.concurrency)
+        transfers = asyncio.Semaphore(args.concurrency)
+        devices = asyncio.gather(
+            *(run_client(deployed.url, record, transfers, enrolment, i, args)
+              for i in range(args.clients))
+        )  # fmt: skip
+        await asyncio.wait(
+            [asyncio.ensure_future(enrolment.complete.wait()), devices],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not enrolment.complete.is_set():
+            await devices  # raises what stopped the clients
         enrol_s = time.perf_counter() - t0
         print(f"  enrolled {args.clients} clients in {enrol_s:.1f} s", file=sys.stderr, flush=True)
-        transfers = asyncio.Semaphore(args.concurrency)
         shares0 = deployed.cpu_shares()
         cpu0 = shares0["coordinator"]
         t1 = time.perf_counter()
-        await asyncio.gather(
-            *(
-                run_client(deployed.url, record, transfers, i, credential, args)
-                for i, credential in enumerate(credentials)
-            )
-        )
+        await devices
         rounds_s = time.perf_counter() - t1
         shares = cpu_used(shares0, deployed.cpu_shares())
         rounds_cpu_s = shares["coordinator"]
