@@ -10,7 +10,7 @@
 import { sha256Hex } from "./encoding.js";
 import { ApiError, Coordinator, Unavailable, sleep } from "./http.js";
 import { observe } from "./model.js";
-import { enrol, jobModel, task, download, upload, type TrainTask } from "./protocol.js";
+import { enrol, jobModel, startingAdapter, task, upload, type TrainTask } from "./protocol.js";
 import { defaultAssets, holdout, loadBase, loadManifest, type Manifest } from "./data.js";
 import { trainingSeed } from "./random.js";
 import { complexityStats } from "./stats.js";
@@ -167,8 +167,8 @@ async function step(s: Session): Promise<number | string> {
 
 async function trainAndKeep(s: Session, t: TrainTask) {
   const round = t.round_number;
-  s.emit({ type: "status", message: `round ${round}: downloading the adapter (rank ${t.rank})` });
-  const adapter = await download(s.api, t.adapter_url);
+  if (!t.adapter) s.emit({ type: "status", message: `round ${round}: downloading the adapter (rank ${t.rank})` });
+  const adapter = await startingAdapter(s.api, t);
   s.emit({ type: "status", message: `round ${round}: training` });
   const seed = trainingSeed(t.seed, round, s.credentials.client_id, s.credentials.name);
   const result = trainRound(s.base, t, adapter, s.state.privateBytes, s.train, s.val, seed);

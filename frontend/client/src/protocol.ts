@@ -3,6 +3,7 @@
  * and the JSON they exchange, as client_sdk.api makes them.
  */
 
+import { fromBase64 } from "./encoding.js";
 import { Coordinator, LONG_POLL_MARGIN_S } from "./http.js";
 import type { ComplexityStats } from "./stats.js";
 
@@ -56,6 +57,9 @@ export interface TrainTask {
   model: ModelSpec | null;
   seed: number;
   adapter_url: string;
+  /** The starting adapter itself (base64 safetensors) when it is small enough to travel in the
+   * answer (`FLAAS_INLINE_ADAPTER_MAX_BYTES`); null: download `adapter_url`. */
+  adapter: string | null;
   upload_url: string;
 }
 
@@ -86,9 +90,11 @@ export function task(api: Coordinator, waitS: number): Promise<Task> {
   return api.json("GET", `/api/v1/clients/me/task?wait=${waitS}`, { timeoutS: waitS + LONG_POLL_MARGIN_S });
 }
 
-/** The round's starting adapter, cut to this client's rank (safetensors bytes). */
-export async function download(api: Coordinator, url: string): Promise<Uint8Array> {
-  return (await api.request("GET", url)).body;
+/** The round's starting adapter, cut to this client's rank (safetensors bytes): the one the
+ * task carried, or downloaded from `adapter_url`. */
+export async function startingAdapter(api: Coordinator, t: TrainTask): Promise<Uint8Array> {
+  if (t.adapter) return fromBase64(t.adapter);
+  return (await api.request("GET", t.adapter_url)).body;
 }
 
 /** `PUT` an update: 201 accepted, 200 an identical retry of an accepted one. */

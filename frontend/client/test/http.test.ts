@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import { ApiError, Coordinator, RETRY, retryAfterSeconds, retryDelay } from "../src/http.js";
-import { upload } from "../src/protocol.js";
+import { startingAdapter, upload, type TrainTask } from "../src/protocol.js";
 
 /** A real HTTP server answering each request with the next of `answers`; records requests. */
 async function serve(answers: ((req: IncomingMessage, res: ServerResponse, body: Buffer) => void)[]) {
@@ -74,6 +74,22 @@ test("an upload sends the update with its sample count, metrics and SHA-256", as
     assert.equal(request.headers["flaas-content-sha256"], "ab".repeat(32));
     assert.equal(request.headers["flaas-metrics"], '{"train_loss":0.5}');
     assert.equal(request.headers["content-type"], "application/octet-stream");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a task that carries its adapter is trained from it, one that does not downloads it", async () => {
+  const served = Uint8Array.of(7, 8, 9, 250);
+  const server = await serve([(_req, res) => res.writeHead(200).end(Buffer.from(served))]);
+  try {
+    const api = new Coordinator(server.url);
+    const t = { adapter_url: "/api/v1/rounds/r/adapter", adapter: null } as unknown as TrainTask;
+    const carried = await startingAdapter(api, { ...t, adapter: Buffer.from([1, 2, 255]).toString("base64") });
+    assert.deepEqual([...carried], [1, 2, 255]);
+    assert.equal(server.seen.length, 0);
+    assert.deepEqual([...(await startingAdapter(api, t))], [...served]);
+    assert.deepEqual(server.seen.map((r) => `${r.method} ${r.url}`), ["GET /api/v1/rounds/r/adapter"]);
   } finally {
     await server.close();
   }

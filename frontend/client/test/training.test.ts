@@ -30,7 +30,7 @@ function task(overrides: Partial<TrainTask> = {}): TrainTask {
   return {
     action: "train", job_id: "j", round_id: "r", round_number: 1, deadline_at: "", rank: 2, lora_alpha: 4,
     use_rslora: false, adapter_type: "lora", strategy: "rbla", shared_parts: ["lora_A", "lora_B", "extra"],
-    frozen_parts: [], model: SPEC, seed: 0, adapter_url: "", upload_url: "",
+    frozen_parts: [], model: SPEC, seed: 0, adapter_url: "", adapter: null, upload_url: "",
     training: { epochs: 5, steps: null, lr: 0.05, batch_size: 4, gradient_accumulation_steps: 1, optimizer: "adam" },
     ...overrides,
   };

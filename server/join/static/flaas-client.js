@@ -417,8 +417,9 @@ function enrol(api, jobId, joinToken, body) {
 function task(api, waitS) {
   return api.json("GET", `/api/v1/clients/me/task?wait=${waitS}`, { timeoutS: waitS + LONG_POLL_MARGIN_S });
 }
-async function download(api, url) {
-  return (await api.request("GET", url)).body;
+async function startingAdapter(api, t) {
+  if (t.adapter) return fromBase64(t.adapter);
+  return (await api.request("GET", t.adapter_url)).body;
 }
 async function upload(api, url, update, sha2562, nSamples, metrics) {
   const { status } = await api.request("PUT", url, {
@@ -1093,8 +1094,8 @@ async function step(s) {
 }
 async function trainAndKeep(s, t) {
   const round = t.round_number;
-  s.emit({ type: "status", message: `round ${round}: downloading the adapter (rank ${t.rank})` });
-  const adapter = await download(s.api, t.adapter_url);
+  if (!t.adapter) s.emit({ type: "status", message: `round ${round}: downloading the adapter (rank ${t.rank})` });
+  const adapter = await startingAdapter(s.api, t);
   s.emit({ type: "status", message: `round ${round}: training` });
   const seed = trainingSeed(t.seed, round, s.credentials.client_id, s.credentials.name);
   const result = trainRound(s.base, t, adapter, s.state.privateBytes, s.train, s.val, seed);
