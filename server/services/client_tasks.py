@@ -155,6 +155,14 @@ def with_own_assignment(session: Session, view: JobView, client_id: uuid.UUID) -
     return replace(view, assignments={} if row is None else {client_id: (row.status, row.rank)})
 
 
+def with_accepted(view: JobView, client_id: uuid.UUID) -> JobView:
+    """``view`` with the client's update in the view's open round accepted: what a process
+    that accepted it knows without a read (``known_clients.mark_accepted``; an acceptance is
+    final)."""
+    _, rank = view.assignments[client_id]
+    return replace(view, assignments={client_id: (UpdateStatus.ACCEPTED, rank)})
+
+
 def task_of(view: JobView, client_id: uuid.UUID) -> Task:
     """What the client should do now, by the view."""
     job, rnd = view.job, view.round

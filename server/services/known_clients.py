@@ -6,8 +6,10 @@ credential is never reissued or revoked, so what a cache hit answers (the client
 job) cannot go stale. Its last-seen time is kept too, so that a hit knows without a read
 whether ``FLAAS_LAST_SEEN_INTERVAL_S`` has passed (``enrolment.mark_seen``); a write by
 another process or route only makes that copy older, which costs one conditional UPDATE that
-changes nothing. If credentials ever become revocable, revoking must evict them here, in
-every process.
+changes nothing. The round whose update this process last accepted for the client is kept
+too (``accepted_round_id``): an acceptance is final, so a renewed task request in that round
+is answered without reading the client's assignment again (another process reads it). If
+credentials ever become revocable, revoking must evict them here, in every process.
 
 At most ``FLAAS_KNOWN_CLIENTS_MAX`` entries, the least recently used dropped first (one is a
 few hundred bytes); a dropped client is read again on its next request.
@@ -27,12 +29,21 @@ from server.security import hash_secret
 
 @dataclass(eq=False)
 class KnownClient:
-    """What a request needs of its authenticated client: who it is, its job, and when it was
-    last seen (as far as this process knows)."""
+    """What a request needs of its authenticated client: who it is, its job, when it was last
+    seen and the round whose update this process last accepted for it (as far as this process
+    knows)."""
 
     id: uuid.UUID
     job_id: uuid.UUID
     last_seen_at: datetime
+    accepted_round_id: uuid.UUID | None = None
+
+
+def mark_accepted(client: ClientRef, round_id: uuid.UUID) -> None:
+    """Remember, after the commit, that ``client``'s update in ``round_id`` was accepted (a
+    client this process does not keep is read again instead)."""
+    if isinstance(client, KnownClient):
+        client.accepted_round_id = round_id
 
 
 #: An authenticated client as a request holds it: its row, or its entry here.

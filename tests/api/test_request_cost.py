@@ -165,8 +165,15 @@ def test_a_waiting_clients_renewed_task_requests_read_nothing(
         costs.reset()
         assert api.get(ask, headers=running.headers(other)).json() == other_task
         assert costs.statements - costs.begins == 1
-    # Once its update is accepted, the same shared read answers it wait.
+    # Once this process has accepted its update, the same shared read (which still shows
+    # it pending) answers it wait, with no read: the acceptance is final.
     assert _upload(api, running, other, other_task).status_code == 201
+    costs.reset()
+    answer = api.get(ask, headers=running.headers(other)).json()
+    assert answer["action"] == "wait" and "already accepted" in answer["reason"]
+    assert costs.statements == 0
+    # A process that did not accept it (here: one that forgot its clients) reads it again.
+    api.app.state.known_clients = KnownClients(api.app.state.known_clients.limit)  # type: ignore[attr-defined]
     answer = api.get(ask, headers=running.headers(other)).json()
     assert answer["action"] == "wait" and "already accepted" in answer["reason"]
 

@@ -214,13 +214,16 @@ async def _task(runtime: Runtime, waiters: Waiters, client: KnownClient) -> Clie
 
     What may change unannounced is read again: a train answer's assignment (its update may
     have been accepted since the shared view was read), one statement, with the adapter when
-    it is small; a wait for enrolment (its reason counts the clients enrolled so far), in the
-    client's own view.
+    it is small, unless this process accepted that update itself; a wait for enrolment (its
+    reason counts the clients enrolled so far), in the client's own view.
     """
     view = await waiters.shared(client.job_id, partial(_job_view, runtime, client.job_id))
     if view.enrolment is not None:
         return await run_in_threadpool(_own_task, runtime, client)
     task = client_tasks.task_of(view, client.id)
+    if isinstance(task, TrainAssignment) and client.accepted_round_id == task.round_id:
+        # This process accepted the update (after its commit): the client waits, no read.
+        task = client_tasks.task_of(client_tasks.with_accepted(view, client.id), client.id)
     if isinstance(task, TrainAssignment):
         return await run_in_threadpool(_train_answer, runtime, view, client)
     return task

@@ -41,7 +41,7 @@ from server.observability.prometheus import UPLOADS_REJECTED, rejection_reason
 from server.schemas.api import TrainAssignment, TrainTask, UpdateOut
 from server.services import adapters, uploads
 from server.services.adapter_format import validate_adapter
-from server.services.known_clients import ClientRef
+from server.services.known_clients import ClientRef, mark_accepted
 from server.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,7 @@ def _check_and_accept(
         raise
     with session_scope(runtime.sessions) as session:
         update, created = uploads.accept_update(session, runtime, target, received)
+    mark_accepted(target.client, target.round_id)
     if created:
         uploads.aggregate_if_complete(runtime, target)
     return update, created
