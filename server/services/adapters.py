@@ -51,16 +51,9 @@ def client_adapter_key(
     rank = rnd.update.rank if rnd.update is not None else _assigned_rank(session, client.id)
     if rank is None:
         raise Conflict("this client has no rank yet: enrolment is still open")
-    return starting_adapter_key(session, rt, rnd.job_id, rnd.number, rank)
-
-
-def starting_adapter_key(
-    session: Session, rt: Runtime, job_id: uuid.UUID, round_number: int, rank: int
-) -> str:
-    """Storage key of the adapter round ``round_number`` starts from, cut to ``rank``."""
-    job = job_definition(session, job_id)
+    job = job_definition(session, rnd.job_id)
     return _distributed(
-        rt, job, round_number - 1, rank, lambda: starting_adapter(session, job_id, round_number)
+        rt, job, rnd.number - 1, rank, lambda: starting_adapter(session, job.id, rnd.number)
     )
 
 
@@ -78,7 +71,7 @@ def small_starting_adapter(
         return None
     job = job_definition(session, job_id)
     number = round_number - 1
-    key = distributed_key(job.id, number, rank, client_scale(job, rank))
+    key = _cut_key(job, number, rank)
 
     def make() -> bytes | None:
         if rt.store.exists(key):
@@ -118,10 +111,15 @@ def _distributed(
     """Storage key of round ``number``'s global adapter as a client of ``rank`` receives it,
     cut (:func:`_cut`) and stored on first use under a deterministic key per (round, rank,
     scale)."""
-    key = distributed_key(job.id, number, rank, client_scale(job, rank))
+    key = _cut_key(job, number, rank)
     if not rt.store.exists(key):
         rt.store.put_bytes(key, _cut(rt, job, number, rank, source))
     return key
+
+
+def _cut_key(job: JobDefinition, number: int, rank: int) -> str:
+    """Where round ``number``'s global adapter cut to ``rank`` is kept (store and memory)."""
+    return distributed_key(job.id, number, rank, client_scale(job, rank))
 
 
 def _cut(
