@@ -11,11 +11,11 @@ Usage: ``.venv/bin/python bench/cuda_trainer.py [--device cuda] [--hidden 1024 -
    decodes; the train loss per round. Hooks on layer 0's MLP record its output dtype (autocast at
    work) and its entries in round 1 (two per batch where checkpointing recomputes it).
 2. **Speed and memory** (a Llama from a config, ``--hidden`` x ``--layers``, vocab ``--vocab``,
-   saved in fp32 and in bf16 and loaded by the trainer itself, whose ``from_pretrained`` keeps the
-   saved dtype; LoRA r 16 on q/k/v/o; random tokens in a TextDataset, the trainer's own batches):
-   per base dtype, precision and checkpointing, the median seconds per optimiser step after
-   ``--warmup`` (synchronised in ``on_step``), tokens/s and peak allocated GPU memory (reset per
-   configuration). Same data and seeds for each.
+   saved in fp32 and in bf16 and loaded by the trainer itself, in float32 either way
+   (client_sdk.models.BASE_DTYPE); LoRA r 16 on q/k/v/o; random tokens in a TextDataset, the
+   trainer's own batches): per saved dtype, precision and checkpointing, the median seconds per
+   optimiser step after ``--warmup`` (synchronised in ``on_step``), tokens/s and peak allocated
+   GPU memory (reset per configuration). Same data and seeds for each.
 
 Writes the JSON result to ``--out`` and its tables (markdown) beside it, as ``.md``.
 """

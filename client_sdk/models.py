@@ -38,6 +38,16 @@ from client_sdk.trainer_settings import AdapterConfig
 #: values, a training that draws dropout masks: ``LoraTrainer._seeded``).
 BUILD_LOCK = threading.RLock()
 
+#: The dtype a Hugging Face base's weights load in, whatever dtype its checkpoint was saved in
+#: (transformers 5 defaults to ``dtype="auto"``, the checkpoint's own; 4.x loaded float32). No
+#: precision changes it: the CPU trains fp32, and CUDA's bf16 / fp16 are autocast over float32
+#: parameters (client_sdk.training_loop), with a loss scaler that refuses fp16 gradients. A
+#: half-precision base would make a classifier's trained head copy (``modules_to_save``) half
+#: precision too, trained without float32 master weights, and round the global head loaded into
+#: it every round. The cost: a bf16 / fp16 checkpoint takes twice its size in memory, and
+#: autocast casts the frozen weights to bf16 / fp16 in every forward.
+BASE_DTYPE = torch.float32
+
 
 class ModelSpecError(ValueError):
     """The model exists but the spec cannot adapt it (a target matching nothing, ...)."""
@@ -54,7 +64,7 @@ def build_base(
 
     ``weights=False`` builds a skeleton on the meta device (no memory, no weights read): enough
     to know every module's shape. Hugging Face models load with their Auto class for the task
-    type, from the local directory or the local cache only.
+    type, from the local directory or the local cache only, their weights in :data:`BASE_DTYPE`.
     """
     location = location or locate_model(spec.source, spec.revision)
     with BUILD_LOCK:
@@ -95,7 +105,9 @@ def _build(
                 # transformers leaves from_config unannotated.
                 skeleton: nn.Module = auto.from_config(config)  # type: ignore[no-untyped-call]
             return skeleton.eval()
-        model: nn.Module = auto.from_pretrained(source, local_files_only=True, **kwargs)
+        model: nn.Module = auto.from_pretrained(
+            source, local_files_only=True, dtype=BASE_DTYPE, **kwargs
+        )
     return model.to(device).eval()
 
 

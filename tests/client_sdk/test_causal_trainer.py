@@ -1,12 +1,15 @@
-"""The trainer on a Hugging Face causal LM built from a config: loss, checkpointing, precision."""
+"""The trainer on a Hugging Face causal LM built from a config: loss, checkpointing, precision
+and the dtype its base loads in."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from client_sdk.device_data import read_training_data
 from client_sdk.model_spec import ModelSpec, locate_model
@@ -81,3 +84,45 @@ def test_cpu_trains_in_fp32_and_bad_precision_is_refused(llama) -> None:
     assert not LoraTrainer(spec, device="cpu").gradient_checkpointing  # on only for CUDA
     with pytest.raises(ValueError, match="precision"):
         LoraTrainer(spec, precision="int4")
+
+
+def _saved_in(dtype: torch.dtype, path: Path) -> Path:
+    """The tiny Llama, its weights rounded to bf16, saved with ``save_pretrained`` in ``dtype``."""
+    tiny_llama(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(torch.bfloat16).to(dtype).save_pretrained(path)
+    saved = json.loads((path / "config.json").read_text())["dtype"]
+    assert saved == str(dtype).removeprefix("torch.")
+    return path
+
+
+def test_a_bf16_checkpoint_trains_in_fp32_like_the_same_weights_saved_in_fp32(
+    tmp_path, llama
+) -> None:
+    """transformers 5 loads a checkpoint in the dtype it was saved in unless told otherwise; the
+    SDK loads float32, so the base, the LoRA factors and a trained head copy are float32 and the
+    update is the one the same weights saved in float32 give, bit for bit."""
+    _, _, train = llama
+    adapter = AdapterConfig(4, lora_alpha=8.0)
+    updates = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        model_dir = _saved_in(dtype, tmp_path / str(dtype))
+        spec = ModelSpec(
+            source=str(model_dir), task_type="CAUSAL_LM", target_modules=["q_proj"],
+            modules_to_save=["lm_head"],
+        )  # fmt: skip
+        trainer = LoraTrainer(spec, device="cpu")
+        assert {p.dtype for p in trainer.base_model().parameters()} == {torch.float32}
+        result = trainer.train(
+            adapter, incoming={}, shared_parts={"lora_A", "lora_B", "extra"},
+            train_data=train, settings=SETTINGS,
+        )  # fmt: skip
+        trained = [p for p in trainer.peft_model(adapter).parameters() if p.requires_grad]
+        assert {p.dtype for p in trained} == {torch.float32}
+        updates[dtype] = decode_update(result.update)[0]
+    from_bf16, from_fp32 = updates[torch.bfloat16], updates[torch.float32]
+    assert any("lm_head" in key for key in from_bf16)
+    assert from_bf16.keys() == from_fp32.keys()
+    for key in from_bf16:
+        assert from_bf16[key].dtype == torch.float32, key
+        assert torch.equal(from_bf16[key], from_fp32[key]), key
