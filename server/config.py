@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         "write; 0 writes it on every request. Last-seen times are this precise.",
     )
 
+    gc_full_interval_s: float = Field(
+        default=600.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between full collections of a serving process's heap (Python's "
+        "collector otherwise runs one each time the old generation grows by a quarter, every "
+        "object walked with the process stopped: about a second at 10,000 waiting clients); "
+        "cyclic garbage that outlived its young collections waits this long to be freed.",
+    )
+
     # Limits: every resource has one.
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
     max_header_bytes: int = Field(default=1024**2, ge=1024)

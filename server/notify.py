@@ -43,6 +43,10 @@ PUBLISH_TIMEOUT_S = 1.0
 RESUBSCRIBE_DELAY_S = 1.0
 # How long task requests share a job's read when nothing is announced (``Waiters.shared``).
 READ_MAX_AGE_S = 1.0
+# Waiters woken per turn of their event loop (``Waiters.wake``): between two turns the loop
+# serves what else is ready (a health probe, an upload), which would otherwise queue behind
+# every waiter of a job of 10,000 clients at once (about a second of the loop's time).
+WAKE_BATCH = 100
 
 
 def redis_url_of(broker_url: str | None) -> str | None:
@@ -81,6 +85,8 @@ class Waiters:
     def __init__(self, limit: int, max_age_s: float = READ_MAX_AGE_S) -> None:
         self.limit = limit
         self.max_age_s = max_age_s
+        # What wakes waiters now (``_wake_in_turns``), each on its loop.
+        self._waking: set[asyncio.Future[None]] = set()
         # Guards everything below; never held across an await.
         self._lock = threading.Lock()
         self._jobs: dict[uuid.UUID, set[_Waiter]] = {}
@@ -149,6 +155,8 @@ class Waiters:
                 self._forget_old_reads(now)
                 future = asyncio.ensure_future(run_in_threadpool(read))
                 current = self._reads[job_id] = _Read(announced, now, future)
+        if current.future.done():  # most of a job's woken waiters: no future to await
+            return cast(T, current.future.result())
         # Shielded: a request that goes away does not cancel the read the others wait for.
         return cast(T, await asyncio.shield(current.future))
 
@@ -171,7 +179,7 @@ class Waiters:
             # One number per job announced; set before the events, so a woken waiter never
             # shares a read begun before the announcement.
             self._job_announced_at[job_id] = self._sequence
-            waiting = list(self._jobs.get(job_id, ()))
+            waiting = {job_id: list(self._jobs.get(job_id, ()))}
         self._set(waiting)
 
     def wake_all(self) -> None:
@@ -179,14 +187,37 @@ class Waiters:
         with self._lock:
             self._sequence += 1
             self._all_announced_at = self._sequence
-            waiting = [w for job in self._jobs.values() for w in job]
+            waiting = {job_id: list(job) for job_id, job in self._jobs.items()}
         self._set(waiting)
 
-    @staticmethod
-    def _set(waiting: list[_Waiter]) -> None:
-        for waiter in waiting:
+    def _set(self, waiting: dict[uuid.UUID, list[_Waiter]]) -> None:
+        """Hand each loop its waiters' events, to set in turns (``_wake_in_turns``)."""
+        events: dict[asyncio.AbstractEventLoop, dict[uuid.UUID, list[asyncio.Event]]] = {}
+        for job_id, job in waiting.items():
+            for waiter in job:
+                events.setdefault(waiter.loop, {}).setdefault(job_id, []).append(waiter.event)
+        for loop, jobs in events.items():
             with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
-                waiter.loop.call_soon_threadsafe(waiter.event.set)
+                loop.call_soon_threadsafe(self._start_waking, jobs)
+
+    def _start_waking(self, jobs: dict[uuid.UUID, list[asyncio.Event]]) -> None:
+        for job_id, events in jobs.items():
+            task = asyncio.ensure_future(self._wake_in_turns(job_id, events))
+            self._waking.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._waking.discard)
+
+    async def _wake_in_turns(self, job_id: uuid.UUID, events: list[asyncio.Event]) -> None:
+        """Set ``WAKE_BATCH`` of ``events`` per turn of the loop, none while a read of the job
+        is under way: the requests woken before it share it and resume together when it
+        ends, so no more than a batch of them do at once; the later ones find it done."""
+        for start in range(0, len(events), WAKE_BATCH):
+            with self._lock:
+                read = self._reads.get(job_id)
+            if read is not None and not read.future.done():
+                await asyncio.wait([read.future])  # neither raises nor cancels it
+            for event in events[start : start + WAKE_BATCH]:
+                event.set()
+            await asyncio.sleep(0)
 
 
 def _failed(future: asyncio.Future[Any]) -> bool:

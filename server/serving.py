@@ -13,7 +13,8 @@ knows where a body is expected: ``upload_idle_timeout_s``, answered 408).
 
 Each serving process settles its heap before it serves (``settle_heap``): Python's cyclic
 collector stops the whole process, event loop and request threads alike, while it walks a
-generation, and a full collection walks every object the process holds.
+generation, and a full collection walks every object the process holds, so those run on a
+clock (``FullCollections``, ``FLAAS_GC_FULL_INTERVAL_S``) rather than as the heap grows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,7 +110,7 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
 
     if processes == 1:
         app = create_app(settings)
-        settle_heap()
+        settle_heap(settings.gc_full_interval_s)
         uvicorn.Server(uvicorn_config(app, settings, host, port)).run()
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -122,23 +125,54 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
 
 LISTEN_BACKLOG = 2048  # uvicorn's default
 #: The collector's thresholds in a serving process (Python's are 700, 10, 10): a young
-#: collection every 10,000 net allocations instead of 700, so a full one (every 100 young
-#: ones at most) comes 14 times less often.
-GC_THRESHOLDS = (10_000, 10, 10)
+#: collection every 10,000 net allocations instead of 700, a middle one every 2 young ones, and
+#: no full collection of the collector's own (its counter never reaches the third): the
+#: ``FullCollections`` thread runs those, on a clock.
+GC_THRESHOLDS = (10_000, 2, 2**31 - 1)
 
 
-def settle_heap() -> None:
+def settle_heap(full_interval_s: float) -> FullCollections:
     """Move what start-up built (the imports and the app, about 300,000 objects) out of the
-    collector's reach for good (``gc.freeze``), and collect less often (``GC_THRESHOLDS``).
+    collector's reach for good (``gc.freeze``), collect young objects less often and old ones
+    on a clock (``GC_THRESHOLDS``); returns the started clock.
 
-    At 1,000 clients and 200 transfers at once (``bench/load.py``), Python's defaults ran 17
-    full collections in 37 s of load, 150-305 ms each with the GIL held, and ``/healthz``
-    waited them out (p99 277 ms). Objects made after start-up are collected as before;
-    cyclic garbage lives a little longer (at most about 10,000 objects more).
+    A full collection walks every object the process holds, the GIL held: 0.7-1.1 s at 10,000
+    waiting clients (1.0-1.7 million objects), and Python runs one each time the old
+    generation has grown by a quarter since the last, so several while a fleet enrols and
+    the heap grows to its working size; they found almost nothing (0-2,444 objects). Once
+    every ``full_interval_s`` frees what cyclic garbage reached the old generation all the
+    same. Middle collections every 2 young ones instead of 10 walk fewer survivors each time
+    (a fleet enrolling keeps most of what it allocates). Numbers: bench/load.py, README.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    collections = FullCollections(full_interval_s)
+    collections.start()
+    return collections
+
+
+class FullCollections(threading.Thread):
+    """``gc.collect()`` every ``interval_s`` seconds, on a daemon thread of its own, logged."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__(name="flaas-full-collections", daemon=True)
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            started = time.perf_counter()
+            found = gc.collect()
+            log.info(
+                "full collection: %d unreachable objects in %.0f ms",
+                found,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    def stop(self) -> None:
+        """Run no more collections (one under way finishes)."""
+        self._stopped.set()
 
 
 def _fork_server(
@@ -155,7 +189,7 @@ def _fork_server(
     code = 1
     try:
         config = uvicorn_config(create_app(settings), settings, host, port)
-        settle_heap()
+        settle_heap(settings.gc_full_interval_s)
         uvicorn.Server(config).run(sockets=[listener])
         code = 0
     finally:

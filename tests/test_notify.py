@@ -4,10 +4,11 @@ no announcement falls between a request's read and its wait."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 
-from server.notify import Waiters
+from server.notify import WAKE_BATCH, Waiters
 
 
 def test_woken_waiters_share_one_read_begun_after_the_announcement() -> None:
@@ -43,6 +44,74 @@ def test_woken_waiters_share_one_read_begun_after_the_announcement() -> None:
             # No announcement since: the newest read is shared again.
             assert await waiters.shared(job, read) == 2
             assert len(reads) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_job_s_waiters_wake_a_batch_per_turn_of_their_loop() -> None:
+    """A job of many waiting clients leaves its loop free between batches (the health probe
+    and the uploads are served there), and every waiter is woken in the end."""
+    job = uuid.uuid4()
+    count = 2 * WAKE_BATCH + 1
+    waiters = Waiters(limit=count)
+
+    async def scenario() -> list[int]:
+        with contextlib.ExitStack() as stack:
+            since = waiters.mark()
+            events = [stack.enter_context(waiters.waiting(job, since)) for _ in range(count)]
+            waiters.wake(job)  # thread-safe: queued for the loop's next turn, as from a thread
+            awake_after_turn = []
+            for _ in range(6):
+                awake_after_turn.append(sum(bool(e and e.is_set()) for e in events))
+                await asyncio.sleep(0)  # one turn of the loop
+            return awake_after_turn
+
+    awake = asyncio.run(scenario())
+    assert awake[-1] == count
+    steps = [b - a for a, b in zip([0, *awake], awake, strict=False)]
+    assert max(steps) == WAKE_BATCH  # never more at once
+    assert awake.count(count) < len(awake)  # not all in the turn that began the wake
+
+
+def test_no_more_waiters_wake_while_the_read_they_share_is_under_way() -> None:
+    """Woken requests all resume when their shared read ends: only a batch of them waits on
+    it, the others are woken after it and find it done."""
+    job = uuid.uuid4()
+    count = 2 * WAKE_BATCH + 1
+    waiters = Waiters(limit=count)
+    release = threading.Event()
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(1)
+        release.wait(5)
+        return "view"
+
+    async def scenario() -> None:
+        with contextlib.ExitStack() as stack:
+            since = waiters.mark()
+            events = [stack.enter_context(waiters.waiting(job, since)) for _ in range(count)]
+
+            async def request(changed: asyncio.Event | None) -> str:
+                assert changed is not None
+                await changed.wait()
+                return await waiters.shared(job, read)
+
+            requests = [asyncio.create_task(request(e)) for e in events]
+            waiters.wake(job)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            for _ in range(500):  # the read starts on a worker thread
+                if reads:
+                    break
+                await asyncio.sleep(0.01)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert sum(bool(e and e.is_set()) for e in events) == WAKE_BATCH
+            assert len(reads) == 1
+            release.set()
+            assert await asyncio.gather(*requests) == ["view"] * count
+            assert len(reads) == 1
 
     asyncio.run(scenario())
 

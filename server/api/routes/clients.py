@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from functools import partial
 from typing import Annotated
@@ -257,13 +256,14 @@ async def my_task(
         task = await _task(runtime, waiters, client)
     if seconds <= 0 or not isinstance(task, WaitTask):
         return task
-    deadline = time.monotonic() + seconds
     with waiters.waiting(client.job_id, since) as changed:
         if changed is None:  # the waiter limit: answer now; polled again after about the wait
             return task.model_copy(update={"retry_after": seconds * random.uniform(0.5, 1)})
+        deadline = asyncio.get_running_loop().time() + seconds
         while isinstance(task, WaitTask):
             try:
-                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+                async with asyncio.timeout_at(deadline):  # no task per wait, as wait_for makes
+                    await changed.wait()
             except TimeoutError:
                 break  # nothing announced: the answer read last stands
             changed.clear()
