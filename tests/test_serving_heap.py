@@ -1,14 +1,17 @@
 """A serving process settles its heap before it serves: what start-up built is frozen out of
-the collector's reach, young objects are collected less often, and old ones on a clock (the
-pauses this saves are measured by bench/load.py, not here)."""
+the collector's reach, young objects are collected less often by count and at least every
+``YOUNG_INTERVAL_S``, and old ones on a clock only (the pauses this saves are measured by
+bench/load.py, not here)."""
 
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import weakref
+from typing import Any
 
-from server.serving import GC_THRESHOLDS, settle_heap
+from server.serving import GC_THRESHOLDS, YOUNG_INTERVAL_S, settle_heap
 
 
 class _Node:
@@ -57,6 +60,31 @@ def test_settle_heap_freezes_start_up_and_collects_the_old_generation_on_a_clock
         gc.set_threshold(*thresholds)
     collections.join(timeout=5)
     assert not collections.is_alive()
+
+
+def test_the_clock_collects_young_objects_whatever_the_count_says() -> None:
+    """Old objects dying hold the collector's count back while young ones pile up: the clock
+    collects the young generation (and the middle one in its turn) all the same."""
+    thresholds = gc.get_threshold()
+    by_clock: list[int] = []
+
+    def note(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and threading.current_thread().name == "flaas-collections":
+            by_clock.append(info["generation"])
+
+    gc.callbacks.append(note)
+    clock = settle_heap(600)
+    try:
+        deadline = time.monotonic() + 20 * YOUNG_INTERVAL_S
+        while not {0, 1} <= set(by_clock) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {0, 1} <= set(by_clock)
+        assert 2 not in by_clock  # the full one waits for its interval
+    finally:
+        clock.stop()
+        gc.callbacks.remove(note)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_without_the_clock_a_cycle_in_the_old_generation_stays() -> None:
