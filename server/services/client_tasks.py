@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from server.db.models import (
@@ -52,27 +52,34 @@ class ClientRound:
     update: Assignment | None
 
 
+#: Round ``round_id`` and client ``client_id``'s update in it: built once (a statement costs
+#: more to build and key for the statement cache than its read costs the coordinator).
+_CLIENT_ROUND = (
+    select(
+        Round.job_id,
+        Round.number,
+        Round.status,
+        Round.sampled,
+        ClientUpdate.id,
+        ClientUpdate.status,
+        ClientUpdate.rank,
+        ClientUpdate.sha256,
+    )
+    .select_from(Round)
+    .outerjoin(
+        ClientUpdate,
+        and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == bindparam("client_id")),
+    )
+    .where(Round.id == bindparam("round_id"))
+)
+
+
 def client_round(session: Session, client: ClientRef, round_id: uuid.UUID) -> ClientRound:
     """Round ``round_id`` and ``client``'s update in it, in one read of the columns asked
     (no ORM entity: these reads are most of a loaded coordinator's); 404 when there is no such
     round, 403 when it belongs to another job."""
     row = session.execute(
-        select(
-            Round.job_id,
-            Round.number,
-            Round.status,
-            Round.sampled,
-            ClientUpdate.id,
-            ClientUpdate.status,
-            ClientUpdate.rank,
-            ClientUpdate.sha256,
-        )
-        .select_from(Round)
-        .outerjoin(
-            ClientUpdate,
-            and_(ClientUpdate.round_id == Round.id, ClientUpdate.client_id == client.id),
-        )
-        .where(Round.id == round_id)
+        _CLIENT_ROUND, {"client_id": client.id, "round_id": round_id}
     ).one_or_none()
     if row is None:
         raise NotFound(f"round {round_id} does not exist")
@@ -121,6 +128,17 @@ class JobView:
     enrolment: str | None  # what a client waiting for enrolment is told
 
 
+# Built once, as _CLIENT_ROUND: a job's round by number, and its assignments (all of them, or
+# one client's).
+_ROUND = select(Round).where(
+    Round.job_id == bindparam("job_id"), Round.number == bindparam("number")
+)
+_ASSIGNMENTS = select(ClientUpdate.client_id, ClientUpdate.status, ClientUpdate.rank).where(
+    ClientUpdate.round_id == bindparam("round_id")
+)
+_OWN_ASSIGNMENT = _ASSIGNMENTS.where(ClientUpdate.client_id == bindparam("client_id"))
+
+
 def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) -> JobView:
     """The job's view for one client (``client_id``), or for all of them (None: the read that
     the requests woken by one announcement share, ``server.notify.Waiters.shared``)."""
@@ -129,16 +147,13 @@ def read_view(session: Session, job_id: uuid.UUID, client_id: uuid.UUID | None) 
     rnd = None
     assignments: dict[uuid.UUID, tuple[str, int]] = {}
     if job.status == JobStatus.RUNNING:
-        rnd = session.scalar(
-            select(Round).where(Round.job_id == job.id, Round.number == job.current_round)
-        )
+        rnd = session.scalar(_ROUND, {"job_id": job.id, "number": job.current_round})
     if rnd is not None and rnd.status == RoundStatus.OPEN:
-        query = select(ClientUpdate.client_id, ClientUpdate.status, ClientUpdate.rank).where(
-            ClientUpdate.round_id == rnd.id
-        )
+        query, params = _ASSIGNMENTS, {"round_id": rnd.id}
         if client_id is not None:
-            query = query.where(ClientUpdate.client_id == client_id)
-        assignments = {row.client_id: (row.status, row.rank) for row in session.execute(query)}
+            query, params = _OWN_ASSIGNMENT, {**params, "client_id": client_id}
+        rows = session.execute(query, params)
+        assignments = {row.client_id: (row.status, row.rank) for row in rows}
     return JobView(job, rnd, assignments, enrolment)
 
 
@@ -148,9 +163,7 @@ def with_own_assignment(session: Session, view: JobView, client_id: uuid.UUID) -
     or the round is announced: ``server.notify``). One statement."""
     assert view.round is not None
     row = session.execute(
-        select(ClientUpdate.status, ClientUpdate.rank).where(
-            ClientUpdate.round_id == view.round.id, ClientUpdate.client_id == client_id
-        )
+        _OWN_ASSIGNMENT, {"round_id": view.round.id, "client_id": client_id}
     ).one_or_none()
     return replace(view, assignments={} if row is None else {client_id: (row.status, row.rank)})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -154,9 +154,12 @@ def join_facts(session: Session, job_id: uuid.UUID, join_token: str) -> JoinFact
     )
 
 
+_BY_CREDENTIAL = select(Client).where(Client.credential_hash == bindparam("credential_hash"))
+
+
 def authenticate_client(session: Session, credential: str) -> Client:
     """The client holding ``credential`` (a read: ``mark_seen`` refreshes its last-seen time)."""
-    client = session.scalar(select(Client).where(Client.credential_hash == hash_secret(credential)))
+    client = session.scalar(_BY_CREDENTIAL, {"credential_hash": hash_secret(credential)})
     if client is None:
         raise Unauthorized("invalid client credential")
     return client
@@ -165,6 +168,15 @@ def authenticate_client(session: Session, credential: str) -> Client:
 def seen_is_stale(client: ClientRef, now: datetime, interval_s: float) -> bool:
     """Whether ``client``'s last-seen time is old enough to be written again."""
     return client.last_seen_at <= now - timedelta(seconds=interval_s)
+
+
+#: Built once (a statement costs more to build and key for the statement cache than to run).
+_MARK_SEEN = (
+    update(Client)
+    .where(Client.id == bindparam("client_id"), Client.last_seen_at <= bindparam("seen_before"))
+    .values(last_seen_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def mark_seen(session: Session, client: ClientRef, now: datetime, interval_s: float) -> bool:
@@ -178,10 +190,8 @@ def mark_seen(session: Session, client: ClientRef, now: datetime, interval_s: fl
     if not seen_is_stale(client, now, interval_s):
         return False
     result = session.execute(
-        update(Client)
-        .where(Client.id == client.id, Client.last_seen_at <= now - timedelta(seconds=interval_s))
-        .values(last_seen_at=now)
-        .execution_options(synchronize_session=False)
+        _MARK_SEEN,
+        {"client_id": client.id, "seen_before": now - timedelta(seconds=interval_s), "now": now},
     )
     if isinstance(client, Client):
         # Not an attribute change: that would be flushed as a second UPDATE.

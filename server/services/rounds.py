@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from server.db.models import (
@@ -165,8 +165,11 @@ def _accepted_in(round_id: Any) -> Select[int]:
     )
 
 
+_ACCEPTED_COUNT = _accepted_in(bindparam("round_id"))  # built once: it runs per upload
+
+
 def accepted_count(session: Session, round_id: uuid.UUID) -> int:
-    return session.scalar(_accepted_in(round_id)) or 0
+    return session.scalar(_ACCEPTED_COUNT, {"round_id": round_id}) or 0
 
 
 def request_aggregation(session: Session, rt: Runtime, rnd: Round, now: datetime) -> bool:

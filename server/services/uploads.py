@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
@@ -176,38 +176,53 @@ def accept_update(
     return counted
 
 
+#: The acceptance, built once (building and keying a statement for the statement cache costs
+#: more coordinator time than running it): the update, if still pending, while its round is
+#: open. The round's row is share-locked before the update's (the order a round's close takes
+#: them in): it cannot start aggregating until this transaction ends. SQLite runs one write
+#: transaction at a time instead and ignores the lock. RETURNING gives the stored row without
+#: a read. (No bind of an UPDATE may take a column's name.)
+_ACCEPT = (
+    sql_update(ClientUpdate)
+    .where(
+        ClientUpdate.id == bindparam("update_id"),
+        ClientUpdate.status == UpdateStatus.PENDING,
+        select(Round.id)
+        .where(Round.id == bindparam("open_round_id"), Round.status == RoundStatus.OPEN)
+        .with_for_update(read=True)
+        .exists(),
+    )
+    .values(
+        status=UpdateStatus.ACCEPTED,
+        n_samples=bindparam("new_n_samples"),
+        sha256=bindparam("new_sha256"),
+        size_bytes=bindparam("new_size_bytes"),
+        storage_key=bindparam("new_storage_key"),
+        metrics=bindparam("new_metrics"),
+        upload_seconds=bindparam("new_upload_seconds"),
+        accepted_at=bindparam("new_accepted_at"),
+    )
+    .returning(ClientUpdate)
+    .execution_options(populate_existing=True)
+)
+
+
 def _accept(
     session: Session, target: UploadTarget, key: str, received: ReceivedUpdate
 ) -> tuple[ClientUpdate, bool]:
-    # The round's row, share-locked before the update's (the order a round's close takes
-    # them in): it cannot start aggregating until this transaction ends. SQLite runs one
-    # write transaction at a time instead and ignores the lock.
-    still_open = (
-        select(Round.id)
-        .where(Round.id == target.round_id, Round.status == RoundStatus.OPEN)
-        .with_for_update(read=True)
-        .exists()
-    )
-    # Accepted only if still pending; RETURNING gives the stored row without a read.
     update = session.scalar(
-        sql_update(ClientUpdate)
-        .where(
-            ClientUpdate.id == target.update_id,
-            ClientUpdate.status == UpdateStatus.PENDING,
-            still_open,
-        )
-        .values(
-            status=UpdateStatus.ACCEPTED,
-            n_samples=received.n_samples,
-            sha256=received.sha256,
-            size_bytes=received.size_bytes,
-            storage_key=key,
-            metrics=received.metrics,
-            upload_seconds=received.upload_seconds,
-            accepted_at=utcnow(),
-        )
-        .returning(ClientUpdate),
-        execution_options={"populate_existing": True},
+        _ACCEPT,
+        {
+            "update_id": target.update_id,
+            "open_round_id": target.round_id,
+            "new_n_samples": received.n_samples,
+            "new_sha256": received.sha256,
+            "new_size_bytes": received.size_bytes,
+            "new_storage_key": key,
+            "new_metrics": received.metrics,
+            "new_upload_seconds": received.upload_seconds,
+            "new_accepted_at": utcnow(),
+        },
     )
     if update is None:  # accepted already (a retry), missed, or the round no longer open
         rnd = session.get_one(Round, target.round_id, populate_existing=True)
