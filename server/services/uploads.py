@@ -181,7 +181,8 @@ def accept_update(
 #: open. The round's row is share-locked before the update's (the order a round's close takes
 #: them in): it cannot start aggregating until this transaction ends. SQLite runs one write
 #: transaction at a time instead and ignores the lock. RETURNING gives the stored row without
-#: a read. (No bind of an UPDATE may take a column's name.)
+#: a read, and nothing else in the session needs synchronising (its transaction began here).
+#: (No bind of an UPDATE may take a column's name.)
 _ACCEPT = (
     sql_update(ClientUpdate)
     .where(
@@ -203,7 +204,7 @@ _ACCEPT = (
         accepted_at=bindparam("new_accepted_at"),
     )
     .returning(ClientUpdate)
-    .execution_options(populate_existing=True)
+    .execution_options(populate_existing=True, synchronize_session=False)
 )
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from server.main import create_app
 from server.serving import uvicorn_config
 from tests.api.conftest import RunningJob, start_job
 from tests.live import free_port
-from tests.support import settings_for
+from tests.support import adapter_bytes, settings_for
 
 CAP = 64 * 1024
 
@@ -47,12 +48,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Runn
     thread.join(10)
 
 
-def _upload_head(served: tuple[int, RunningJob], framing: str) -> bytes:
+def _task(served: tuple[int, RunningJob], index: int) -> dict[str, Any]:
     port, running = served
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        task = http.get("/api/v1/clients/me/task", headers=running.headers(0)).json()
-    path = "/api/v1/rounds/" + task["round_id"] + "/update"
-    auth = running.headers(0)["Authorization"]
+        task: dict[str, Any] = http.get(
+            "/api/v1/clients/me/task", headers=running.headers(index)
+        ).json()
+    return task
+
+
+def _upload_head(served: tuple[int, RunningJob], framing: str, index: int = 0) -> bytes:
+    path = "/api/v1/rounds/" + _task(served, index)["round_id"] + "/update"
+    auth = served[1].headers(index)["Authorization"]
     return (
         f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
         f"Flaas-Num-Samples: 3\r\n{framing}\r\n\r\n"
@@ -88,6 +95,23 @@ def test_a_stalled_upload_body_is_408_and_closed(served: tuple[int, RunningJob])
         received, closed = _closed_within(sock, 5)
     assert received.startswith(b"HTTP/1.1 408"), received[:200]
     assert b"connection: close" in received.lower() and closed
+
+
+def test_an_upload_body_that_keeps_arriving_is_read_to_its_end(
+    served: tuple[int, RunningJob],
+) -> None:
+    # The idle timeout (0.5 s) counts from the last part of the body, not from its first.
+    body = adapter_bytes(_task(served, 1)["rank"])
+    parts = [body[i : i + len(body) // 4 + 1] for i in range(0, len(body), len(body) // 4 + 1)]
+    with socket.create_connection(("127.0.0.1", served[0])) as sock:
+        sock.sendall(_upload_head(served, f"Content-Length: {len(body)}", index=1))
+        for part in parts:
+            time.sleep(0.25)
+            sock.sendall(part)
+        sock.settimeout(5)
+        received = sock.recv(65536)
+    assert len(parts) * 0.25 > 0.5
+    assert received.startswith(b"HTTP/1.1 201"), received[:300]
 
 
 def test_a_chunked_upload_over_the_cap_is_cut_off_at_the_cap(
