@@ -63,8 +63,11 @@ class AcceptedUpload:
     sha256: str
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename), with ``mode``."""
+def _atomic_write(
+    path: Path, data: bytes, mode: int = 0o600, *, sync_directory: bool = True
+) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename), with ``mode``, then
+    fsync the directory unless ``sync_directory`` is False (a later write's sync covers it)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp already creates the file 0600; chmod anyway so `mode` is what we asked for.
@@ -78,9 +81,14 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # fsync the directory so the rename itself survives a power loss (POSIX only).
+    if sync_directory:
+        _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync ``directory``, so that the renames in it survive a power loss (POSIX only)."""
     if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -206,8 +214,9 @@ class DeviceState:
         """
         sha = hashlib.sha256(update).hexdigest()
         # Bytes first, then the JSON that points at them: a crash in between leaves an orphan
-        # file that load_pending ignores because its sha does not match.
-        _atomic_write(self.directory / _PENDING, update)
+        # file that load_pending ignores because its sha does not match. The JSON's directory
+        # sync makes both renames durable (one sync of the directory a round, not two).
+        _atomic_write(self.directory / _PENDING, update, sync_directory=False)
         self._write_json(
             _PENDING_META, {"round": int(round), "sha256": sha, "info": dict(info or {})}
         )

@@ -95,6 +95,33 @@ def test_pending_update_is_resent_byte_for_byte_and_cleared_on_accept(tmp_path):
     assert DeviceState(tmp_path).load_pending() is None
 
 
+def test_a_pending_update_is_durable_after_one_directory_sync(tmp_path, monkeypatch):
+    """Both files are synced before their renames, and the directory once, after both: what
+    makes the renames survive a power loss, once a round instead of once a file."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        events.append("sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file")
+        fsync(fd)
+
+    def recording_replace(source: str, target: str | Path) -> None:
+        events.append(f"rename {Path(target).name}")
+        replace(source, target)
+
+    state = DeviceState(tmp_path)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    state.save_pending(4, b"update bytes")
+    assert events == [
+        "sync file",
+        "rename pending.safetensors",
+        "sync file",
+        "rename pending.json",
+        "sync directory",
+    ]
+
+
 def test_private_tensors_survive_a_restart_bit_exactly(tmp_path):
     torch = pytest.importorskip("torch")
     state = DeviceState(tmp_path)
