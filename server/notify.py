@@ -77,10 +77,10 @@ class Waiters:
 
     Registered from the event loop, woken from any thread (a request thread or the embedded
     worker committing a transition): each waiter's event is set through its own loop, a batch
-    per turn of it (``WAKE_BATCH``, ``_wake_in_turns``). The
-    task requests of a job share its newest read (``shared``) until the job is announced
-    again or the read is ``max_age_s`` old: a round opening for thousands of waiting clients
-    costs one query, not thousands, and so do their renewed waits.
+    per turn of it (``WAKE_BATCH``, ``_wake_in_turns``). The task requests of a job share its
+    newest read (``shared``) until the job is announced again or the read is ``max_age_s``
+    old: a round opening for thousands of waiting clients costs one query, not thousands, and
+    so do their renewed waits.
     """
 
     def __init__(self, limit: int, max_age_s: float = READ_MAX_AGE_S) -> None:

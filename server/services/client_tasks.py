@@ -52,8 +52,7 @@ class ClientRound:
     update: Assignment | None
 
 
-#: Round ``round_id`` and client ``client_id``'s update in it: built once (a statement costs
-#: more to build and key for the statement cache than its read costs the coordinator).
+#: Round ``round_id`` and client ``client_id``'s update in it (built once: ``server.db.session``).
 _CLIENT_ROUND = (
     select(
         Round.job_id,
@@ -128,8 +127,7 @@ class JobView:
     enrolment: str | None  # what a client waiting for enrolment is told
 
 
-# Built once, as _CLIENT_ROUND: a job's round by number, and its assignments (all of them, or
-# one client's).
+# A job's round by number, and its assignments (all of them, or one client's); built once.
 _ROUND = select(Round).where(
     Round.job_id == bindparam("job_id"), Round.number == bindparam("number")
 )

@@ -170,7 +170,7 @@ def seen_is_stale(client: ClientRef, now: datetime, interval_s: float) -> bool:
     return client.last_seen_at <= now - timedelta(seconds=interval_s)
 
 
-#: Built once (a statement costs more to build and key for the statement cache than to run).
+#: The last-seen write (built once: ``server.db.session``).
 _MARK_SEEN = (
     update(Client)
     .where(Client.id == bindparam("client_id"), Client.last_seen_at <= bindparam("seen_before"))

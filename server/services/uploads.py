@@ -176,13 +176,12 @@ def accept_update(
     return counted
 
 
-#: The acceptance, built once (building and keying a statement for the statement cache costs
-#: more coordinator time than running it): the update, if still pending, while its round is
-#: open. The round's row is share-locked before the update's (the order a round's close takes
-#: them in): it cannot start aggregating until this transaction ends. SQLite runs one write
-#: transaction at a time instead and ignores the lock. RETURNING gives the stored row without
-#: a read, and nothing else in the session needs synchronising (its transaction began here).
-#: (No bind of an UPDATE may take a column's name.)
+#: The acceptance (built once: ``server.db.session``): the update, if still pending, while its
+#: round is open. The round's row is share-locked before the update's (the order a round's
+#: close takes them in): it cannot start aggregating until this transaction ends. SQLite runs
+#: one write transaction at a time instead and ignores the lock. RETURNING gives the stored row
+#: without a read, and nothing else in the session needs synchronising (its transaction began
+#: here). (No bind of an UPDATE may take a column's name.)
 _ACCEPT = (
     sql_update(ClientUpdate)
     .where(
